@@ -1,0 +1,1 @@
+"""The live-stack daemon: ZeroMQ ingest, publishing, control, persistence and sources."""

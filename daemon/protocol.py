@@ -1,0 +1,196 @@
+"""The live-stack wire format, shared by the daemon, the sources and the viewer.
+
+A message that carries an image is a multipart ZeroMQ message::
+
+    [topic?] [header] [pixels]
+
+- ``topic`` (PUB/SUB only): ``b"stack"`` or ``b"status"``;
+- ``header``: a msgpack map (see :data:`IMAGE_KEYS`);
+- ``pixels``: the raw C-ordered buffer, ``height * width * channels * itemsize`` bytes,
+  little-endian. It is sent with ``copy=False`` and decoded without a copy.
+
+Status messages and control requests/replies are a single msgpack map. Nothing is ever
+pickled. See ``docs/protocol.md`` for the full description.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+#: Version of this protocol; a receiver rejects a header with another major version.
+PROTOCOL_VERSION = 1
+
+TOPIC_STACK = b"stack"
+TOPIC_STATUS = b"status"
+
+#: dtypes allowed on the wire (little-endian).
+WIRE_DTYPES = {"uint8": np.dtype("<u1"), "uint16": np.dtype("<u2"), "float32": np.dtype("<f4")}
+
+#: Colour layouts: "mono", "rgb", or a Bayer pattern.
+LAYOUTS = ("mono", "rgb", "RGGB", "GRBG", "GBRG", "BGGR")
+
+#: Keys every image header carries (others are allowed and passed through in "meta").
+IMAGE_KEYS = ("v", "kind", "seq", "time", "width", "height", "dtype", "layout")
+
+#: Largest frame accepted: 16384 x 16384 x 3 channels of uint16.
+MAX_PIXELS = 16384 * 16384 * 3
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the wire format; the text says what is wrong."""
+
+
+def pack(obj: dict[str, Any]) -> bytes:
+    """Encode a map as msgpack."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview, *, what: str = "message") -> dict[str, Any]:
+    """Decode a msgpack map, raising :class:`ProtocolError` on anything else."""
+    try:
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"{what} is not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} must be a msgpack map, got {type(obj).__name__}")
+    return obj
+
+
+def layout_of(array: np.ndarray, bayer: str | None = None) -> str:
+    """Return the wire layout name of an array (``bayer`` names a raw mosaic's pattern)."""
+    if array.ndim == 3:
+        return "rgb"
+    if bayer:
+        if bayer not in LAYOUTS[2:]:
+            raise ValueError(f"bayer must be one of {LAYOUTS[2:]}, got {bayer!r}")
+        return bayer
+    return "mono"
+
+
+def encode_image(
+    array: np.ndarray,
+    *,
+    kind: str = "frame",
+    seq: int = 0,
+    capture_time: float | None = None,
+    bayer: str | None = None,
+    exposure: float | None = None,
+    source: str = "",
+    meta: dict[str, Any] | None = None,
+) -> list[bytes | memoryview]:
+    """Encode an image as ``[header, pixels]``.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(H, W)`` or ``(H, W, 3)`` array of uint8, uint16 or float32.
+    kind : str
+        ``"frame"`` for camera frames, ``"stack"`` for published stacks.
+    seq : int
+        Sequence number given by the sender (frames) or the daemon (stacks).
+    capture_time : float, optional
+        Capture time, seconds since the Unix epoch; now if not given.
+    bayer : str, optional
+        Bayer pattern of a raw mosaic frame.
+    exposure : float, optional
+        Exposure time in seconds.
+    source : str
+        Identifier of the sender.
+    meta : dict, optional
+        Further msgpack-serialisable metadata.
+
+    Returns
+    -------
+    list
+        The two message parts; the pixel part is a memoryview on ``array`` (no copy).
+    """
+    arr = np.ascontiguousarray(array)
+    name = arr.dtype.newbyteorder("<").name if arr.dtype.byteorder == ">" else arr.dtype.name
+    if name not in WIRE_DTYPES:
+        raise ValueError(f"array dtype {arr.dtype} is not one of {sorted(WIRE_DTYPES)}")
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(WIRE_DTYPES[name])
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"array must have shape (H, W) or (H, W, 3), got {arr.shape}")
+    header = {
+        "v": PROTOCOL_VERSION,
+        "kind": kind,
+        "seq": int(seq),
+        "time": float(time.time() if capture_time is None else capture_time),
+        "width": int(arr.shape[1]),
+        "height": int(arr.shape[0]),
+        "dtype": name,
+        "layout": layout_of(arr, bayer),
+        "exposure": None if exposure is None else float(exposure),
+        "source": str(source),
+        "meta": dict(meta or {}),
+    }
+    return [pack(header), memoryview(arr).cast("B")]
+
+
+def check_header(header: dict[str, Any]) -> dict[str, Any]:
+    """Validate an image header, raising :class:`ProtocolError` naming the bad field."""
+    missing = [k for k in IMAGE_KEYS if k not in header]
+    if missing:
+        raise ProtocolError(f"header lacks {', '.join(missing)}")
+    if header["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header['v']!r} is not {PROTOCOL_VERSION}")
+    for key in ("seq", "width", "height"):
+        if not isinstance(header[key], int) or isinstance(header[key], bool):
+            raise ProtocolError(f"header field {key!r} must be an integer, got {header[key]!r}")
+    if not isinstance(header["time"], (int, float)):
+        raise ProtocolError(f"header field 'time' must be a number, got {header['time']!r}")
+    if header["dtype"] not in WIRE_DTYPES:
+        raise ProtocolError(f"unknown dtype {header['dtype']!r}; expected one of {sorted(WIRE_DTYPES)}")
+    if header["layout"] not in LAYOUTS:
+        raise ProtocolError(f"unknown layout {header['layout']!r}; expected one of {LAYOUTS}")
+    w, h = header["width"], header["height"]
+    if not (8 <= w <= 16384 and 8 <= h <= 16384):
+        raise ProtocolError(f"frame size {w}x{h} is out of range (8..16384)")
+    return header
+
+
+def image_shape(header: dict[str, Any]) -> tuple[int, ...]:
+    """Array shape described by a checked header."""
+    if header["layout"] == "rgb":
+        return (header["height"], header["width"], 3)
+    return (header["height"], header["width"])
+
+
+def decode_image(parts: Sequence[bytes | memoryview | Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """Decode ``[header, pixels]`` into the header and a read-only array (no copy).
+
+    ``parts`` may hold ``bytes``, ``memoryview`` or ``zmq.Frame`` objects.
+
+    Raises
+    ------
+    ProtocolError
+        If the message has the wrong number of parts, a bad header, or a pixel buffer
+        whose length does not match the header.
+    """
+    if len(parts) != 2:
+        raise ProtocolError(f"an image message has 2 parts (header, pixels), got {len(parts)}")
+    header = check_header(unpack(_buffer(parts[0]), what="header"))
+    dtype = WIRE_DTYPES[header["dtype"]]
+    shape = image_shape(header)
+    expected = int(np.prod(shape)) * dtype.itemsize
+    buf = _buffer(parts[1])
+    if len(buf) != expected:
+        raise ProtocolError(
+            f"pixel buffer has {len(buf)} bytes, header says {header['width']}x{header['height']} "
+            f"{header['layout']} {header['dtype']} = {expected} bytes"
+        )
+    array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return header, array
+
+
+def _buffer(part: Any) -> memoryview:
+    """Return a memoryview of a message part (bytes, memoryview or zmq.Frame)."""
+    if hasattr(part, "buffer"):  # zmq.Frame
+        return part.buffer
+    return memoryview(part)
