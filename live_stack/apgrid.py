@@ -1,0 +1,186 @@
+"""The alignment-point (AP) grid laid over the reference image.
+
+APs sit on a regular grid inside the area every used frame covers. An AP is
+dropped when its box is dim (dark sky around a planet) or has too little structure in
+both directions to measure a shift (a flat mare, a featureless limb segment); its area
+is then filled by the globally aligned reference when the patches are blended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class APParams:
+    """Parameters of the AP grid (CLI/config prefix ``ap_``)."""
+
+    size: int = 48  # side of an AP's box in pixels (the patch that is stacked), even
+    step: int = 0  # distance between neighbouring APs; 0 = three quarters of the size
+    search: int = 8  # largest local shift, in pixels, measured around each AP
+    min_brightness: float = 0.1  # drop APs whose mean is below this share of the bright end
+    min_structure: float = 0.04  # drop APs with less structure than this share of the 90th pct
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 512 or self.size % 2:
+            raise ValueError(f"ap_size must be an even number of pixels 16..512, got {self.size}")
+        if self.step and not 4 <= self.step <= self.size:
+            raise ValueError(f"ap_step must be 0 (automatic) or 4..ap_size, got {self.step}")
+        if not 1 <= self.search <= self.size // 2:
+            raise ValueError(f"ap_search must be 1..ap_size/2, got {self.search}")
+        if not 0.0 <= self.min_brightness < 1.0:
+            raise ValueError(f"ap_min_brightness must be in [0, 1), got {self.min_brightness}")
+        if not 0.0 <= self.min_structure < 1.0:
+            raise ValueError(f"ap_min_structure must be in [0, 1), got {self.min_structure}")
+
+    @property
+    def spacing(self) -> int:
+        """The step actually used."""
+        return self.step or max(4, (self.size * 3) // 4)
+
+    @property
+    def fft_size(self) -> int:
+        """Side of the patch measured and stacked: the box plus the search margin."""
+        return self.size + 2 * self.search
+
+
+@dataclass(frozen=True)
+class APGrid:
+    """Result of :func:`lay_grid`.
+
+    Attributes
+    ----------
+    centres : numpy.ndarray
+        int ``(m, 2)`` ``(y, x)`` of each kept AP (the box spans ``centre - size/2`` to
+        ``centre + size/2``).
+    size : int
+        Box side.
+    search : int
+        Search radius in pixels.
+    shape : tuple
+        ``(H, W)`` of the reference.
+    dropped_dim, dropped_flat : int
+        How many candidate APs were dropped, and why.
+    neighbours : numpy.ndarray
+        int ``(m, 8)`` indices of each AP's grid neighbours (up to 8, padded with -1).
+    """
+
+    centres: np.ndarray
+    size: int
+    search: int
+    shape: tuple[int, int]
+    dropped_dim: int = 0
+    dropped_flat: int = 0
+    neighbours: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), dtype=np.intp))
+
+    def __len__(self) -> int:
+        return len(self.centres)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """float ``(m, 4)`` boxes ``(y0, x0, y1, x1)``."""
+        h = self.size / 2
+        c = self.centres.astype(np.float64)
+        return np.column_stack([c[:, 0] - h, c[:, 1] - h, c[:, 0] + h, c[:, 1] + h])
+
+    @property
+    def fft_size(self) -> int:
+        """Side of the measured and stacked patch (box plus search margin)."""
+        return self.size + 2 * self.search
+
+
+def structure(lum: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+    """Smaller eigenvalue of the structure tensor summed over each AP box, per pixel."""
+    gx = cv2.Sobel(lum, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
+    gy = cv2.Sobel(lum, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
+    sums = [cv2.integral(a.astype(np.float32), sdepth=cv2.CV_64F)
+            for a in (gx * gx, gy * gy, gx * gy)]
+    h = size // 2
+    y0, x0 = centres[:, 0] - h, centres[:, 1] - h
+    y1, x1 = centres[:, 0] + h, centres[:, 1] + h
+    jxx, jyy, jxy = (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] for s in sums)
+    tr, det = jxx + jyy, jxx * jyy - jxy * jxy
+    lam_min = tr / 2 - np.sqrt(np.maximum(tr * tr / 4 - det, 0.0))
+    return lam_min / float(size * size)
+
+
+def lay_grid(
+    reference: np.ndarray,
+    params: APParams = APParams(),
+    *,
+    box: tuple[int, int, int, int] | None = None,
+) -> APGrid:
+    """Lay the AP grid on a reference image.
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        float32 luminance of the reference, ``(H, W)``.
+    params : APParams
+        Grid parameters.
+    box : tuple, optional
+        ``(y0, x0, y1, x1)`` area the APs' patches (box plus search margin) must stay in;
+        default the whole image.
+
+    Returns
+    -------
+    APGrid
+    """
+    if reference.ndim != 2:
+        raise ValueError(f"reference must be a 2-D luminance image, got shape {reference.shape}")
+    h, w = reference.shape
+    y0, x0, y1, x1 = box if box is not None else (0, 0, h, w)
+    half = params.fft_size // 2
+    lo_y, hi_y, lo_x, hi_x = y0 + half, y1 - half, x0 + half, x1 - half
+    empty = APGrid(np.zeros((0, 2), dtype=np.intp), params.size, params.search, (h, w))
+    if hi_y < lo_y or hi_x < lo_x:
+        return empty
+    step = params.spacing
+    ys = _axis(lo_y, hi_y, step)
+    xs = _axis(lo_x, hi_x, step)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    centres = np.column_stack([gy.ravel(), gx.ravel()]).astype(np.intp)
+    ref = reference.astype(np.float32, copy=False)
+    bright = float(np.percentile(ref, 99.5)) or 1.0
+    sat = cv2.integral(ref, sdepth=cv2.CV_64F)
+    hs = params.size // 2
+    cy, cx = centres[:, 0], centres[:, 1]
+    mean = (sat[cy + hs, cx + hs] - sat[cy - hs, cx + hs] - sat[cy + hs, cx - hs]
+            + sat[cy - hs, cx - hs]) / float(params.size**2)
+    lit = mean >= params.min_brightness * bright
+    struct = structure(ref, centres, params.size)
+    ref_level = float(np.percentile(struct[lit], 90)) if lit.any() else 0.0
+    textured = struct >= params.min_structure * ref_level if ref_level > 0 else np.zeros_like(lit)
+    keep = lit & textured
+    kept = centres[keep]
+    return APGrid(centres=kept, size=params.size, search=params.search, shape=(h, w),
+                  dropped_dim=int((~lit).sum()), dropped_flat=int((lit & ~textured).sum()),
+                  neighbours=neighbour_table(kept, step))
+
+
+def neighbour_table(centres: np.ndarray, step: int) -> np.ndarray:
+    """Indices of the up to 8 grid neighbours of each AP (within 1.5 steps), -1 padded."""
+    m = len(centres)
+    table = np.full((m, 8), -1, dtype=np.intp)
+    if m < 2:
+        return table
+    pos = centres.astype(np.float64)
+    d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d2, np.inf)
+    limit = (1.5 * step) ** 2
+    order = np.argsort(d2, axis=1)[:, :8]
+    near = np.take_along_axis(d2, order, axis=1) <= limit
+    table[near] = order[near]
+    return table
+
+
+def _axis(lo: int, hi: int, step: int) -> list[int]:
+    """Evenly spread positions from ``lo`` to ``hi`` with about ``step`` between them."""
+    if hi - lo < step:
+        return [(lo + hi) // 2]
+    count = (hi - lo) // step + 1
+    extra = (hi - lo) - (count - 1) * step
+    return [lo + extra // 2 + k * step for k in range(count)]

@@ -1,0 +1,295 @@
+"""Per-AP frame selection and local shifts.
+
+Seeing is anisoplanatic: a frame can be sharp in one part of the field and blurred in
+another, and each part is displaced differently. So the frames are ranked again at every
+alignment point by the detail energy inside the AP's box (looked up from the per-frame
+quality cells, at the box's globally aligned position), the best ones are selected per
+AP, and each selected frame's residual shift at the AP is measured against the
+reference by band-limited phase correlation. A shift is left out when its correlation
+peak is weak, when it reaches the search limit, or when it disagrees with the shifts of
+the neighbouring APs in the same frame (local warps are smooth; a lone outlier is a
+mis-measurement).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from live_stack.align import GlobalAlignment
+from live_stack.apgrid import APGrid
+from live_stack.correlate import Shifts, Target, correlate, make_target
+from live_stack.quality import Ranking, box_quality
+
+#: Frames whose box-quality table is built at once (bounds memory on long captures).
+QUALITY_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    """Parameters of per-AP alignment (CLI/config prefix ``local_``)."""
+
+    peak_sigma: float = 1.2  # width in pixels of the low-passed correlation peak
+    min_strength: float = 0.15  # weaker AP correlation peaks (0..1) are left out
+    outlier: float = 3.0  # px: shifts further than this from their neighbours' median are left out
+    min_neighbours: int = 3  # the outlier test needs at least this many neighbouring APs
+
+    def __post_init__(self) -> None:
+        if not 0.3 <= self.peak_sigma <= 5.0:
+            raise ValueError(f"local_peak_sigma must be 0.3..5, got {self.peak_sigma}")
+        if not 0.0 <= self.min_strength < 1.0:
+            raise ValueError(f"local_min_strength must be in [0, 1), got {self.min_strength}")
+        if self.outlier <= 0:
+            raise ValueError(f"local_outlier must be > 0 pixels, got {self.outlier}")
+        if self.min_neighbours < 1:
+            raise ValueError(f"local_min_neighbours must be >= 1, got {self.min_neighbours}")
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+def parse_stack_size(text: str | int | float) -> tuple[float, bool]:
+    """Parse a stack size: ``"10%"`` (a share of the frames) or ``"200"`` (a count).
+
+    Returns
+    -------
+    tuple
+        ``(value, is_percent)``.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad size.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, pct = float(text), False
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m:
+            raise ValueError(f"stack size {text!r} is neither a count (200) nor a share (10%)")
+        value, pct = float(m.group(1)), bool(m.group(2))
+    if pct and not 0 < value <= 100:
+        raise ValueError(f"stack size {text!r}: a share must be in (0, 100]%")
+    if not pct and (value < 1 or value != int(value)):
+        raise ValueError(f"stack size {text!r}: a count must be a whole number >= 1")
+    return value, pct
+
+
+def stack_count(size: str | int | float, usable: int) -> int:
+    """Number of frames per AP for a stack size, given ``usable`` aligned frames."""
+    value, pct = parse_stack_size(size)
+    count = int(round(value / 100.0 * usable)) if pct else int(value)
+    return max(1, min(usable, count))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Result of :func:`select`: the best frames at each AP.
+
+    Attributes
+    ----------
+    rank : numpy.ndarray
+        int32 ``(n, m)``: the rank (0 = best) of frame ``f`` at AP ``a``, or ``-1`` if the
+        frame is not among the ``max(counts)`` best there.
+    counts : tuple of int
+        The frames per AP of each requested stack size.
+    quality : numpy.ndarray
+        float32 ``(n, m)`` local quality table (``-inf`` for unusable frames).
+    """
+
+    rank: np.ndarray
+    counts: tuple[int, ...]
+    quality: np.ndarray
+
+    def frames(self) -> np.ndarray:
+        """Indices of the frames selected at one AP at least, ascending."""
+        return np.flatnonzero((self.rank >= 0).any(axis=1))
+
+
+def ap_quality(ranking: Ranking, alignment: GlobalAlignment, grid: APGrid) -> np.ndarray:
+    """Local quality of every frame at every AP, ``(n, m)`` float32.
+
+    Frames that failed global alignment get ``-inf``.
+    """
+    n = len(ranking.quality)
+    table = np.empty((n, len(grid)), dtype=np.float32)
+    boxes = grid.boxes
+    for start in range(0, n, QUALITY_CHUNK):
+        stop = min(n, start + QUALITY_CHUNK)
+        table[start:stop] = box_quality(ranking.maps[start:stop], ranking.scale, boxes,
+                                        alignment.shifts[start:stop])
+    table[~alignment.ok] = -np.inf
+    return table
+
+
+def select(
+    ranking: Ranking, alignment: GlobalAlignment, grid: APGrid, counts: tuple[int, ...]
+) -> Selection:
+    """Select the best frames at each AP, for one or several stack sizes at once.
+
+    The selections are nested: the best 50 at an AP are also among its best 100, so the
+    shifts measured for the largest size serve every smaller one.
+
+    Parameters
+    ----------
+    ranking : Ranking
+        Per-frame quality cells.
+    alignment : GlobalAlignment
+        Global shifts (the AP boxes are looked up where each frame shows them).
+    grid : APGrid
+        The APs.
+    counts : tuple of int
+        Frames per AP of each stack size.
+
+    Returns
+    -------
+    Selection
+    """
+    if not counts or min(counts) < 1:
+        raise ValueError(f"counts must be one or more positive frame counts, got {counts}")
+    quality = ap_quality(ranking, alignment, grid)
+    n, m = quality.shape
+    top = min(max(counts), int(alignment.ok.sum()))
+    rank = np.full((n, m), -1, dtype=np.int32)
+    if m and top:
+        best = np.argpartition(-quality, top - 1, axis=0)[:top] if top < n else \
+            np.tile(np.arange(n)[:, None], (1, m))
+        qbest = np.take_along_axis(quality, best, axis=0)
+        order = np.argsort(-qbest, axis=0, kind="stable")
+        best = np.take_along_axis(best, order, axis=0)
+        cols = np.broadcast_to(np.arange(m), best.shape)
+        rank[best, cols] = np.arange(top, dtype=np.int32)[:, None]
+        rank[~alignment.ok] = -1
+    return Selection(rank=rank, counts=tuple(int(c) for c in counts), quality=quality)
+
+
+def make_ap_targets(reference: np.ndarray, grid: APGrid, params: LocalParams) -> Target:
+    """Prepare the reference patch of every AP for correlation (computed once, reused)."""
+    patches = extract(reference, grid.centres, grid.fft_size)
+    return make_target(patches, peak_sigma=params.peak_sigma)
+
+
+def extract(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+    """Square patches of ``size`` centred at integer ``centres`` (``(k, 2)``).
+
+    The patch of centre ``c`` spans ``c - size/2 .. c + size/2 - 1``. Works on ``(H, W)``
+    (giving ``(k, size, size)``) and ``(H, W, C)`` images (giving ``(k, size, size, C)``);
+    the caller makes sure the patches are inside the image (see :func:`inside`).
+    """
+    h = size // 2
+    if image.ndim == 2:
+        windows = sliding_window_view(image, (size, size))
+        return windows[centres[:, 0] - h, centres[:, 1] - h]
+    windows = sliding_window_view(image, (size, size), axis=(0, 1))
+    return windows[centres[:, 0] - h, centres[:, 1] - h].transpose(0, 2, 3, 1)
+
+
+def inside(centres: np.ndarray, size: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Which patches of :func:`extract` lie wholly inside an image of ``shape``."""
+    h = size // 2
+    return ((centres[:, 0] - h >= 0) & (centres[:, 1] - h >= 0)
+            & (centres[:, 0] - h + size <= shape[0]) & (centres[:, 1] - h + size <= shape[1]))
+
+
+@dataclass(frozen=True)
+class LocalShifts:
+    """Result of :func:`measure`: a frame's shifts at some APs.
+
+    Attributes
+    ----------
+    aps : numpy.ndarray
+        Indices of the APs measured.
+    offset : numpy.ndarray
+        int ``(2,)`` integer part of the global shift, where the patches were cut.
+    dy, dx : numpy.ndarray
+        Residual shift of each patch, to be undone when stacking.
+    ok : numpy.ndarray
+        bool: the shift is trustworthy.
+    strength : numpy.ndarray
+        Correlation peak of each patch.
+    """
+
+    aps: np.ndarray
+    offset: np.ndarray
+    dy: np.ndarray
+    dx: np.ndarray
+    ok: np.ndarray
+    strength: np.ndarray
+
+
+def measure(
+    lum: np.ndarray,
+    shift: np.ndarray,
+    aps: np.ndarray,
+    grid: APGrid,
+    targets: Target,
+    params: LocalParams,
+) -> tuple[LocalShifts, np.ndarray]:
+    """Measure a frame's shifts at the given APs.
+
+    Parameters
+    ----------
+    lum : numpy.ndarray
+        The frame's luminance (``uint8``, ``uint16`` or ``float32``).
+    shift : numpy.ndarray
+        The frame's global ``(dy, dx)``.
+    aps : numpy.ndarray
+        Indices of the APs to measure.
+    grid : APGrid
+        The APs.
+    targets : Target
+        From :func:`make_ap_targets`.
+    params : LocalParams
+        Thresholds.
+
+    Returns
+    -------
+    tuple
+        ``(LocalShifts, centres)``: the shifts, and the patch centres in the frame (for
+        cutting the same patches from other channels).
+    """
+    offset = np.rint(np.asarray(shift, dtype=np.float64)).astype(np.intp)
+    size = grid.fft_size
+    centres = grid.centres[aps] + offset[None, :]
+    fits = inside(centres, size, lum.shape)
+    aps, centres = aps[fits], centres[fits]
+    if len(aps) == 0:
+        z = np.zeros(0)
+        return LocalShifts(aps, offset, z, z, z.astype(bool), z), centres
+    patches = extract(lum, centres, size)
+    r: Shifts = correlate(patches, targets, index=aps, max_shift=grid.search)
+    ok = ((r.strength >= params.min_strength) & (np.abs(r.dy) < grid.search)
+          & (np.abs(r.dx) < grid.search))
+    ok &= _consistent(grid, aps, r.dy, r.dx, ok, params)
+    return LocalShifts(aps, offset, r.dy, r.dx, ok, r.strength), centres
+
+
+def _consistent(
+    grid: APGrid, aps: np.ndarray, dy: np.ndarray, dx: np.ndarray, ok: np.ndarray,
+    params: LocalParams,
+) -> np.ndarray:
+    """False for shifts far from the median of their grid neighbours' shifts in the frame.
+
+    Only neighbours measured in the same frame, and trusted so far, take part; an AP
+    with fewer than ``min_neighbours`` of them is kept as it is.
+    """
+    m = len(grid.centres)
+    where = np.full(m + 1, -1, dtype=np.intp)  # AP index -> position in this frame's arrays
+    where[aps] = np.arange(len(aps))
+    nb = where[grid.neighbours[aps]]  # (k, 8); padding -1 maps to where[-1] == -1
+    valid = nb >= 0
+    valid[valid] = ok[nb[valid]]
+    counts = valid.sum(axis=1)
+    ny = np.where(valid, dy[nb], np.nan)
+    nx = np.where(valid, dx[nb], np.nan)
+    test = counts >= params.min_neighbours
+    good = np.ones(len(aps), dtype=bool)
+    if test.any():
+        with np.errstate(all="ignore"):
+            my = np.nanmedian(ny[test], axis=1)
+            mx = np.nanmedian(nx[test], axis=1)
+        good[test] = np.hypot(dy[test] - my, dx[test] - mx) <= params.outlier
+    return good

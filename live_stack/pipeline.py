@@ -1,0 +1,275 @@
+"""The offline lucky-imaging pipeline: every phase, in order, on a whole capture.
+
+::
+
+    ranking   = quality.rank(frames, params.quality)
+    alignment = align.align(frames, ranking, params.align)
+    reference = reference.build_reference(frames, ranking, alignment, params.reference)
+    grid      = apgrid.lay_grid(reference.luminance, params.ap, box=reference.box)
+    selection = local.select(ranking, alignment, grid, counts)
+    sums      = stack_aps(frames, alignment, reference, grid, selection, params.local)
+    images    = stack.blend(...) per stack size, cropped to the area the frames cover
+
+Each phase is a plain function of the capture and the results before it; this module
+only drives them, times them, and reports progress. The live stacker drives the same
+functions frame by frame.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from live_stack.align import AlignParams, GlobalAlignment, align
+from live_stack.apgrid import APGrid, APParams, lay_grid
+from live_stack.frames import INTEGER_SCALE, luminance_u8_or_f32
+from live_stack.local import (
+    LocalParams,
+    Selection,
+    extract,
+    make_ap_targets,
+    measure,
+    parse_stack_size,
+    select,
+    stack_count,
+)
+from live_stack.parallel import run_in_order
+from live_stack.quality import QualityParams, Ranking, rank
+from live_stack.reference import Reference, ReferenceParams, build_reference, covered_box
+from live_stack.stack import BlendParams, PatchSums, blend, shifted_spectra
+
+#: ``progress(phase, done, total)``.
+PhaseProgress = Callable[[str, int, int], None]
+
+PHASES = ("rank", "align", "reference", "grid", "select", "stack", "blend")
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """All the parameters of the offline pipeline, one small dataclass per phase."""
+
+    quality: QualityParams = field(default_factory=QualityParams)  # frame quality measure
+    align: AlignParams = field(default_factory=AlignParams)  # global alignment
+    reference: ReferenceParams = field(default_factory=ReferenceParams)  # reference frame
+    ap: APParams = field(default_factory=APParams)  # alignment-point grid
+    local: LocalParams = field(default_factory=LocalParams)  # per-AP alignment
+    blend: BlendParams = field(default_factory=BlendParams)  # blending of the AP stacks
+    stack_sizes: tuple[str, ...] = ("10%",)  # frames per AP: counts ("200") or shares ("10%")
+    threads: int = 2  # worker threads for the per-frame work
+
+    def __post_init__(self) -> None:
+        if not self.stack_sizes:
+            raise ValueError("stack_sizes must name at least one stack size")
+        for size in self.stack_sizes:
+            parse_stack_size(size)
+        if len(set(self.stack_sizes)) != len(self.stack_sizes):
+            raise ValueError(f"stack_sizes repeats a size: {self.stack_sizes}")
+        if not 1 <= self.threads <= 64:
+            raise ValueError(f"threads must be 1..64, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class StackImage:
+    """One stacked image of :class:`PipelineResult`.
+
+    Attributes
+    ----------
+    size : str
+        The stack size as asked (``"10%"``, ``"200"``).
+    frames_per_ap : int
+        Frames selected at each AP.
+    image : numpy.ndarray
+        float32 ``[0, 1]`` image, cropped to the area every contributing frame covers.
+    box : tuple
+        ``(y0, x0, y1, x1)`` of the crop in reference coordinates.
+    ap_weight : numpy.ndarray
+        Summed AP blending weight over the crop (1-ish inside the AP area, 0 outside).
+    """
+
+    size: str
+    frames_per_ap: int
+    image: np.ndarray
+    box: tuple[int, int, int, int]
+    ap_weight: np.ndarray
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Result of :func:`run`."""
+
+    stacks: tuple[StackImage, ...]
+    ranking: Ranking
+    alignment: GlobalAlignment
+    reference: Reference
+    grid: APGrid
+    selection: Selection
+    local_failed: int  # (frame, AP) shifts left out as untrustworthy
+    local_measured: int  # (frame, AP) shifts measured
+    timings: dict[str, float]  # seconds per phase
+    frames: int  # frames in the capture
+
+    def summary(self) -> dict[str, object]:
+        """Counts and timings, for logs and file metadata."""
+        return {
+            "frames": self.frames,
+            "aligned": int(self.alignment.ok.sum()),
+            "alignment_failed": self.alignment.failed,
+            "mode": self.alignment.mode,
+            "reference_frames": int(len(self.reference.frames)),
+            "aps": len(self.grid),
+            "aps_dropped_dim": self.grid.dropped_dim,
+            "aps_dropped_flat": self.grid.dropped_flat,
+            "local_measured": self.local_measured,
+            "local_failed": self.local_failed,
+            "stacks": {s.size: s.frames_per_ap for s in self.stacks},
+            "seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def _scale_of(dtype: np.dtype) -> float:
+    return 1.0 / INTEGER_SCALE.get(np.dtype(dtype), 1.0)
+
+
+def stack_aps(
+    frames: Sequence[np.ndarray],
+    alignment: GlobalAlignment,
+    reference: Reference,
+    grid: APGrid,
+    selection: Selection,
+    params: LocalParams = LocalParams(),
+    *,
+    threads: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[PatchSums], np.ndarray, int, int]:
+    """Measure the local shifts of the selected frames and sum their shifted patches.
+
+    Frames are read once each, in capture order (cheap for video files), and only if they
+    are selected at one AP at least.
+
+    Returns
+    -------
+    tuple
+        ``(sums, used, measured, failed)``: one :class:`PatchSums` per stack size (in
+        ``selection.counts`` order), the indices of the frames that contributed, the
+        number of (frame, AP) shifts measured, and how many were left out.
+    """
+    targets = make_ap_targets(reference.luminance, grid, params)
+    channels = 1 if reference.image.ndim == 2 else 3
+    sums = [PatchSums(len(grid), channels, grid.fft_size) for _ in selection.counts]
+    todo = selection.frames()
+    used = np.zeros(len(frames), dtype=bool)
+    lock = threading.Lock()
+    tally = [0, 0]
+
+    def work(item: tuple[int, np.ndarray]) -> None:
+        f, frame = item
+        rank_f = selection.rank[f]
+        aps = np.flatnonzero(rank_f >= 0)
+        shifts, centres = measure(luminance_u8_or_f32(frame), alignment.shifts[f], aps, grid,
+                                  targets, params)
+        ok = shifts.ok
+        measured = len(shifts.aps)
+        if ok.any():
+            patches = extract(frame, centres[ok], grid.fft_size)
+            patches = patches[:, None] if patches.ndim == 3 else patches.transpose(0, 3, 1, 2)
+            patches = patches.astype(np.float32) * np.float32(_scale_of(frame.dtype))
+            spectra = shifted_spectra(patches, shifts.dy[ok], shifts.dx[ok])
+            aps_ok = shifts.aps[ok]
+            ranks = rank_f[aps_ok]
+        with lock:
+            tally[0] += measured
+            tally[1] += measured - int(ok.sum())
+            if ok.any():
+                used[f] = True
+                for s, count in zip(sums, selection.counts, strict=True):
+                    keep = ranks < count
+                    if keep.all():
+                        s.add(aps_ok, spectra)
+                    elif keep.any():
+                        s.add(aps_ok[keep], spectra[keep])
+
+    run_in_order(work, ((int(f), frames[int(f)]) for f in todo), threads=threads,
+                 progress=progress, total=len(todo))
+    return sums, np.flatnonzero(used), tally[0], tally[1]
+
+
+def run(
+    frames: Sequence[np.ndarray],
+    params: PipelineParams = PipelineParams(),
+    *,
+    progress: PhaseProgress | None = None,
+) -> PipelineResult:
+    """Stack a whole capture.
+
+    Parameters
+    ----------
+    frames : sequence of numpy.ndarray
+        The capture: anything with ``len`` and indexing that returns frames (a frame
+        source from :func:`live_stack.io.open_source`, a list of arrays, ...).
+    params : PipelineParams
+        Parameters of every phase.
+    progress : callable, optional
+        ``progress(phase, done, total)`` as each phase advances.
+
+    Returns
+    -------
+    PipelineResult
+    """
+    n = len(frames)
+    if n == 0:
+        raise ValueError("frames is empty: nothing to stack")
+    timings: dict[str, float] = {}
+
+    def report(phase: str) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(phase, done, total)
+
+    t = time.perf_counter()
+    ranking = rank(frames, params.quality, progress=report("rank"), threads=params.threads)
+    timings["rank"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    alignment = align(frames, ranking, params.align, progress=report("align"),
+                      threads=params.threads)
+    timings["align"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    reference = build_reference(frames, ranking, alignment, params.reference)
+    timings["reference"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    grid = lay_grid(reference.luminance, params.ap, box=reference.box)
+    timings["grid"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    usable = int(alignment.ok.sum())
+    counts = tuple(stack_count(size, usable) for size in params.stack_sizes)
+    selection = select(ranking, alignment, grid, counts)
+    timings["select"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sums, used, measured, failed = stack_aps(
+        frames, alignment, reference, grid, selection, params.local, threads=params.threads,
+        progress=report("stack"))
+    timings["stack"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    contributing = np.union1d(used, reference.frames)
+    box = covered_box(alignment.shifts[contributing], alignment.shape)
+    y0, x0, y1, x1 = box
+    stacks = []
+    for size, count, s in zip(params.stack_sizes, counts, sums, strict=True):
+        b = blend(s.mean_patches(grid.size), grid, reference.image, params.blend)
+        stacks.append(StackImage(size=size, frames_per_ap=count,
+                                 image=np.ascontiguousarray(b.image[y0:y1, x0:x1]), box=box,
+                                 ap_weight=b.ap_weight[y0:y1, x0:x1]))
+    timings["blend"] = time.perf_counter() - t
+    return PipelineResult(stacks=tuple(stacks), ranking=ranking, alignment=alignment,
+                          reference=reference, grid=grid, selection=selection,
+                          local_failed=failed, local_measured=measured, timings=timings,
+                          frames=n)

@@ -1,0 +1,258 @@
+"""Frame quality: how sharp each frame is, overall and region by region.
+
+The measure is noise-robust: the frame's luminance is downsampled (area average) and
+blurred before a Laplacian or gradient operator, so that photon noise does not pass for
+detail. The squared response is summed over coarse cells and kept per frame, so that the
+local quality of any box (an alignment point) can be looked up later for every frame
+without reading the frames again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from live_stack.frames import luminance_u8_or_f32
+from live_stack.parallel import run_in_order
+
+#: Progress callback: ``progress(done, total)``.
+Progress = Callable[[int, int], None]
+
+METHODS = ("laplacian", "gradient")
+
+
+@dataclass(frozen=True)
+class QualityParams:
+    """Parameters of the quality measure (CLI/config prefix ``quality_``)."""
+
+    method: str = "laplacian"  # "laplacian" (second derivative) or "gradient" (Sobel magnitude)
+    downsample: int = 2  # area-downsampling factor before measuring (1 = full resolution)
+    blur: int = 5  # Gaussian pre-blur kernel size in downsampled pixels (odd, 1 = none)
+    cell: int = 8  # side, in downsampled pixels, of the cells the local quality is summed over
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"quality_method must be one of {METHODS}, got {self.method!r}")
+        if not 1 <= self.downsample <= 8:
+            raise ValueError(f"quality_downsample must be 1..8, got {self.downsample}")
+        if self.blur < 1 or self.blur % 2 == 0 or self.blur > 31:
+            raise ValueError(f"quality_blur must be an odd size 1..31, got {self.blur}")
+        if not 2 <= self.cell <= 64:
+            raise ValueError(f"quality_cell must be 2..64, got {self.cell}")
+
+
+@dataclass(frozen=True)
+class QualityMap:
+    """Local sharpness of one frame, summed over cells.
+
+    Attributes
+    ----------
+    cells : numpy.ndarray
+        float32 ``(rows, cols)`` sums of the squared detail response per cell.
+    scale : int
+        Full-resolution pixels per cell side (``downsample * cell``).
+    """
+
+    cells: np.ndarray
+    scale: int
+
+    @property
+    def quality(self) -> float:
+        """Mean detail energy over the frame (the frame's global quality)."""
+        return float(self.cells.mean()) / (self.scale / 1.0) ** 2
+
+
+def detail_response(frame: np.ndarray, params: QualityParams) -> np.ndarray:
+    """Squared detail response (Laplacian or gradient) of a downsampled, blurred frame.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        ``(H, W)`` or ``(H, W, 3)`` frame, any supported dtype.
+    params : QualityParams
+        Measure parameters.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 map of ``(H // downsample, W // downsample)``; its scale is that of the
+        float32 ``[0, 1]`` frame.
+    """
+    lum = luminance_u8_or_f32(frame)
+    scale = {np.dtype(np.uint8): 1 / 255.0, np.dtype(np.uint16): 1 / 65535.0}.get(lum.dtype, 1.0)
+    d = params.downsample
+    if d > 1:
+        h, w = lum.shape[0] // d, lum.shape[1] // d
+        lum = cv2.resize(lum[: h * d, : w * d], (w, h), interpolation=cv2.INTER_AREA)
+    if params.blur > 1:
+        lum = cv2.GaussianBlur(lum, (params.blur, params.blur), 0)
+    if params.method == "laplacian":
+        resp = cv2.Laplacian(lum, cv2.CV_32F, ksize=1, scale=scale)
+        return cv2.multiply(resp, resp)
+    gx = cv2.Sobel(lum, cv2.CV_32F, 1, 0, ksize=3, scale=scale / 8)
+    gy = cv2.Sobel(lum, cv2.CV_32F, 0, 1, ksize=3, scale=scale / 8)
+    return cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy))
+
+
+def quality_map(frame: np.ndarray, params: QualityParams) -> QualityMap:
+    """Measure a frame's local sharpness on a grid of cells.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        ``(H, W)`` or ``(H, W, 3)`` frame.
+    params : QualityParams
+        Measure parameters.
+
+    Returns
+    -------
+    QualityMap
+        Per-cell sums; partial cells at the right and bottom edges are left out.
+    """
+    resp = detail_response(frame, params)
+    c = params.cell
+    rows, cols = resp.shape[0] // c, resp.shape[1] // c
+    if rows == 0 or cols == 0:
+        raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} is too small for quality cells")
+    cells = cv2.resize(resp[: rows * c, : cols * c], (cols, rows), interpolation=cv2.INTER_AREA)
+    cells *= np.float32(c * c)
+    return QualityMap(cells=cells, scale=params.downsample * c)
+
+
+def box_quality(
+    maps: np.ndarray, scale: int, boxes: np.ndarray, offsets: np.ndarray | None = None
+) -> np.ndarray:
+    """Detail energy inside boxes, from per-cell sums, for many frames at once.
+
+    The cell sums are treated as a piecewise-constant density, so a box that cuts through
+    cells gets the matching fraction of them (bilinear interpolation of the summed-area
+    table).
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        ``(n, rows, cols)`` per-cell sums of ``n`` frames (all on one cell grid).
+    scale : int
+        Full-resolution pixels per cell side.
+    boxes : numpy.ndarray
+        ``(m, 4)`` boxes ``(y0, x0, y1, x1)`` in full-resolution reference coordinates.
+    offsets : numpy.ndarray, optional
+        ``(n, 2)`` per-frame ``(dy, dx)`` displacement of the frame relative to the
+        reference; the box is looked up at ``box + offset`` in each frame.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n, m)`` energy per pixel in each box for each frame.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (n, rows, cols), got shape {maps.shape}")
+    n, rows, cols = maps.shape
+    sat = np.zeros((n, rows + 1, cols + 1))
+    sat[:, 1:, 1:] = maps.cumsum(axis=1).cumsum(axis=2)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    off = np.zeros((n, 2)) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    # corner coordinates in cell units, per frame and box: (n, m)
+    y0 = (boxes[None, :, 0] + off[:, None, 0]) / scale
+    x0 = (boxes[None, :, 1] + off[:, None, 1]) / scale
+    y1 = (boxes[None, :, 2] + off[:, None, 0]) / scale
+    x1 = (boxes[None, :, 3] + off[:, None, 1]) / scale
+
+    def at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        yy = np.clip(yy, 0, rows)
+        xx = np.clip(xx, 0, cols)
+        iy = np.minimum(np.floor(yy).astype(np.intp), rows - 1)
+        ix = np.minimum(np.floor(xx).astype(np.intp), cols - 1)
+        fy, fx = yy - iy, xx - ix
+        fr = np.arange(n)[:, None]
+        a = sat[fr, iy, ix]
+        b = sat[fr, iy, ix + 1]
+        c = sat[fr, iy + 1, ix]
+        d = sat[fr, iy + 1, ix + 1]
+        return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
+
+    total = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
+    return total / area[None, :]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Result of :func:`rank`.
+
+    Attributes
+    ----------
+    quality : numpy.ndarray
+        float64 ``(n,)`` global quality of each frame (higher is sharper).
+    order : numpy.ndarray
+        Frame indices, best first.
+    maps : numpy.ndarray
+        float32 ``(n, rows, cols)`` per-cell local quality of each frame.
+    scale : int
+        Full-resolution pixels per cell side of ``maps``.
+    params : QualityParams
+        The parameters used.
+    """
+
+    quality: np.ndarray
+    order: np.ndarray
+    maps: np.ndarray
+    scale: int
+    params: QualityParams
+
+    def best(self, count: int) -> np.ndarray:
+        """Indices of the ``count`` best frames, best first."""
+        return self.order[: max(1, int(count))]
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """Qualities divided by the best one (1.0 = best frame)."""
+        top = float(self.quality.max()) if self.quality.size else 1.0
+        return self.quality / (top if top > 0 else 1.0)
+
+
+def rank(
+    frames: Sequence[np.ndarray],
+    params: QualityParams = QualityParams(),
+    *,
+    progress: Progress | None = None,
+    threads: int = 2,
+) -> Ranking:
+    """Measure and rank every frame of a capture.
+
+    Parameters
+    ----------
+    frames : sequence of numpy.ndarray
+        The capture (anything with ``len`` and indexing, e.g. a frame source).
+    params : QualityParams
+        Measure parameters.
+    progress : callable, optional
+        Called as ``progress(done, total)``.
+    threads : int
+        Worker threads (OpenCV releases the GIL).
+
+    Returns
+    -------
+    Ranking
+    """
+    n = len(frames)
+    if n == 0:
+        raise ValueError("frames is empty")
+    first = quality_map(frames[0], params)
+    maps = np.empty((n,) + first.cells.shape, dtype=np.float32)
+    maps[0] = first.cells
+
+    def work(item: tuple[int, np.ndarray]) -> None:
+        maps[item[0]] = quality_map(item[1], params).cells
+
+    run_in_order(
+        work, ((i, frames[i]) for i in range(1, n)), threads=threads, progress=progress,
+        total=n, start=1,
+    )
+    quality = maps.reshape(n, -1).mean(axis=1, dtype=np.float64) / float(first.scale) ** 2
+    order = np.argsort(-quality, kind="stable")
+    return Ranking(quality=quality, order=order, maps=maps, scale=first.scale, params=params)
