@@ -251,20 +251,58 @@ def measure(
         ``(LocalShifts, centres)``: the shifts, and the patch centres in the frame (for
         cutting the same patches from other channels).
     """
-    offset = np.rint(np.asarray(shift, dtype=np.float64)).astype(np.intp)
+    return measure_many([(lum, shift, aps)], grid, targets, params)[0]
+
+
+def measure_many(
+    requests: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    grid: APGrid,
+    targets: Target,
+    params: LocalParams,
+) -> list[tuple[LocalShifts, np.ndarray]]:
+    """:func:`measure` for several frames, with one batched correlation for all.
+
+    Parameters
+    ----------
+    requests : list of tuple
+        ``(lum, shift, aps)`` per frame, as the arguments of :func:`measure`.
+    grid, targets, params
+        As for :func:`measure`.
+
+    Returns
+    -------
+    list of tuple
+        ``(LocalShifts, centres)`` per request, in order.
+    """
     size = grid.fft_size
-    centres = grid.centres[aps] + offset[None, :]
-    fits = inside(centres, size, lum.shape)
-    aps, centres = aps[fits], centres[fits]
-    if len(aps) == 0:
-        z = np.zeros(0)
-        return LocalShifts(aps, offset, z, z, z.astype(bool), z), centres
-    patches = extract(lum, centres, size)
-    r: Shifts = correlate(patches, targets, index=aps, max_shift=grid.search)
-    ok = ((r.strength >= params.min_strength) & (np.abs(r.dy) < grid.search)
-          & (np.abs(r.dx) < grid.search))
-    ok &= _consistent(grid, aps, r.dy, r.dx, ok, params)
-    return LocalShifts(aps, offset, r.dy, r.dx, ok, r.strength), centres
+    cuts = []
+    for lum, shift, aps in requests:
+        offset = np.rint(np.asarray(shift, dtype=np.float64)).astype(np.intp)
+        aps = np.asarray(aps, dtype=np.intp)
+        centres = grid.centres[aps] + offset[None, :]
+        fits = inside(centres, size, lum.shape)
+        cuts.append((lum, offset, aps[fits], centres[fits]))
+    total = sum(len(c[2]) for c in cuts)
+    if total:
+        patches = np.concatenate([extract(lum, centres, size) for lum, _, aps, centres in cuts
+                                  if len(aps)])
+        all_aps = np.concatenate([c[2] for c in cuts])
+        r: Shifts = correlate(patches, targets, index=all_aps, max_shift=grid.search)
+    out = []
+    start = 0
+    for _, offset, aps, centres in cuts:
+        k = len(aps)
+        if k == 0:
+            z = np.zeros(0)
+            out.append((LocalShifts(aps, offset, z, z, z.astype(bool), z), centres))
+            continue
+        dy, dx, strength = (v[start : start + k] for v in (r.dy, r.dx, r.strength))
+        start += k
+        ok = ((strength >= params.min_strength) & (np.abs(dy) < grid.search)
+              & (np.abs(dx) < grid.search))
+        ok &= _consistent(grid, aps, dy, dx, ok, params)
+        out.append((LocalShifts(aps, offset, dy, dx, ok, strength), centres))
+    return out
 
 
 def _consistent(

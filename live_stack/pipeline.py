@@ -26,11 +26,10 @@ import numpy as np
 
 from live_stack.align import AlignParams, GlobalAlignment, align
 from live_stack.apgrid import APGrid, APParams, lay_grid
-from live_stack.frames import INTEGER_SCALE, luminance_u8_or_f32
+from live_stack.frames import luminance_u8_or_f32
 from live_stack.local import (
     LocalParams,
     Selection,
-    extract,
     make_ap_targets,
     measure,
     parse_stack_size,
@@ -40,7 +39,7 @@ from live_stack.local import (
 from live_stack.parallel import run_in_order
 from live_stack.quality import QualityParams, Ranking, rank
 from live_stack.reference import Reference, ReferenceParams, build_reference, covered_box
-from live_stack.stack import BlendParams, PatchSums, blend, shifted_spectra
+from live_stack.stack import BlendParams, PatchSums, blend, frame_spectra
 
 #: ``progress(phase, done, total)``.
 PhaseProgress = Callable[[str, int, int], None]
@@ -130,10 +129,6 @@ class PipelineResult:
         }
 
 
-def _scale_of(dtype: np.dtype) -> float:
-    return 1.0 / INTEGER_SCALE.get(np.dtype(dtype), 1.0)
-
-
 def stack_aps(
     frames: Sequence[np.ndarray],
     alignment: GlobalAlignment,
@@ -174,11 +169,10 @@ def stack_aps(
         ok = shifts.ok
         measured = len(shifts.aps)
         if ok.any():
-            patches = extract(frame, centres[ok], grid.fft_size)
-            patches = patches[:, None] if patches.ndim == 3 else patches.transpose(0, 3, 1, 2)
-            patches = patches.astype(np.float32) * np.float32(_scale_of(frame.dtype))
-            spectra = shifted_spectra(patches, shifts.dy[ok], shifts.dx[ok])
+            spectra = frame_spectra(frame, centres[ok], grid.fft_size, shifts.dy[ok],
+                                    shifts.dx[ok])
             aps_ok = shifts.aps[ok]
+            dy, dx = shifts.dy[ok], shifts.dx[ok]
             ranks = rank_f[aps_ok]
         with lock:
             tally[0] += measured
@@ -188,9 +182,9 @@ def stack_aps(
                 for s, count in zip(sums, selection.counts, strict=True):
                     keep = ranks < count
                     if keep.all():
-                        s.add(aps_ok, spectra)
+                        s.add(aps_ok, spectra, dy, dx)
                     elif keep.any():
-                        s.add(aps_ok[keep], spectra[keep])
+                        s.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
 
     run_in_order(work, ((int(f), frames[int(f)]) for f in todo), threads=threads,
                  progress=progress, total=len(todo))

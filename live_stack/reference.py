@@ -6,7 +6,7 @@ against it, and it fills the parts of the final image that no AP covers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -67,6 +67,27 @@ def shift_frame(frame: np.ndarray, dy: float, dx: float) -> np.ndarray:
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+def mean_aligned(frames: Iterable[np.ndarray], shifts: np.ndarray) -> np.ndarray:
+    """Mean of frames with their global shifts undone (float32 ``[0, 1]``).
+
+    Parameters
+    ----------
+    frames : iterable of numpy.ndarray
+        The frames, in the order of ``shifts``.
+    shifts : numpy.ndarray
+        ``(k, 2)`` global ``(dy, dx)`` of each frame.
+    """
+    total = None
+    count = 0
+    for frame, (dy, dx) in zip(frames, np.asarray(shifts, dtype=np.float64), strict=True):
+        warped = shift_frame(frame, float(dy), float(dx))
+        total = warped if total is None else cv2.add(total, warped)
+        count += 1
+    if total is None:
+        raise ValueError("frames is empty: nothing to average")
+    return (total / np.float32(count)).astype(np.float32)
+
+
 def covered_box(shifts: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """The area of the target's coordinates that every frame with these shifts covers.
 
@@ -118,12 +139,7 @@ def build_reference(
     if not usable:
         raise ValueError("no frame could be aligned")
     chosen = np.array(sorted(usable[: reference_count(len(usable), params)]))
-    total = None
-    for i in chosen:
-        dy, dx = alignment.shifts[i]
-        warped = shift_frame(frames[int(i)], float(dy), float(dx))
-        total = warped if total is None else cv2.add(total, warped)
-    image = (total / np.float32(len(chosen))).astype(np.float32)
+    image = mean_aligned((frames[int(i)] for i in chosen), alignment.shifts[chosen])
     box = covered_box(alignment.shifts[chosen], alignment.shape)
     lum = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return Reference(image=image, luminance=lum, frames=chosen, box=box)

@@ -25,6 +25,8 @@ import scipy.fft as sfft
 
 from live_stack.apgrid import APGrid
 from live_stack.correlate import fourier_shift
+from live_stack.frames import INTEGER_SCALE
+from live_stack.local import extract
 
 #: AP coverage (summed bump weights) at and above which the reference gets no weight.
 FULL_COVERAGE = 0.5
@@ -59,11 +61,14 @@ class PatchSums:
         self.channels = channels
         self.spectra = np.zeros((aps, channels, size, size // 2 + 1), dtype=np.complex64)
         self.counts = np.zeros(aps, dtype=np.int64)
+        self.shift_sums = np.zeros((aps, 2))  # summed (dy, dx) undone, per AP
 
-    def add(self, aps: np.ndarray, spectra: np.ndarray, sign: int = 1) -> None:
+    def add(self, aps: np.ndarray, spectra: np.ndarray, dy: np.ndarray, dx: np.ndarray,
+            sign: int = 1) -> None:
         """Add (``sign=1``) or take out (``sign=-1``) shifted spectra ``(k, C, N, N//2+1)``.
 
-        ``aps`` holds each AP at most once (one frame's patches).
+        ``aps`` holds each AP at most once (one frame's patches); ``dy, dx`` are the
+        shifts that were undone on them.
         """
         if sign not in (1, -1):
             raise ValueError(f"sign must be 1 or -1, got {sign}")
@@ -74,18 +79,61 @@ class PatchSums:
         else:
             self.spectra[aps] -= spectra
         self.counts[aps] += sign
+        self.shift_sums[aps, 0] += sign * np.asarray(dy, dtype=np.float64)
+        self.shift_sums[aps, 1] += sign * np.asarray(dx, dtype=np.float64)
 
     def mean_patches(self, box: int) -> np.ndarray:
-        """float32 ``(m, C, box, box)``: each AP's mean patch, margin cropped (NaN if empty)."""
+        """float32 ``(m, C, box, box)``: each AP's mean patch, margin cropped (NaN if empty).
+
+        Each patch is placed at the mean position of its frames: the shifts measured
+        against the reference are undone frame by frame, then their mean is put back.
+        Atmospheric tilt averages to zero over many frames, so the mean position is the
+        object's true one, while the reference's own position at an AP is off by the
+        average warp of the few frames it was made of.
+        """
         m = len(self.counts)
         out = np.full((m, self.channels, box, box), np.nan, dtype=np.float32)
         have = np.flatnonzero(self.counts > 0)
         if len(have):
-            pix = sfft.irfft2(self.spectra[have], s=(self.size, self.size), workers=-1)
+            mean = self.shift_sums[have] / self.counts[have, None]
+            spectra = fourier_shift(self.spectra[have], -mean[:, 0], -mean[:, 1])
+            pix = sfft.irfft2(spectra, s=(self.size, self.size), workers=-1)
             pix /= self.counts[have, None, None, None]
             mg = (self.size - box) // 2
             out[have] = pix[:, :, mg : mg + box, mg : mg + box]
         return out
+
+
+def frame_spectra(
+    frame: np.ndarray, centres: np.ndarray, size: int, dy: np.ndarray, dx: np.ndarray
+) -> np.ndarray:
+    """Cut patches from every channel of a frame and undo their measured shifts.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        The frame in its native dtype, ``(H, W)`` or ``(H, W, 3)``.
+    centres : numpy.ndarray
+        ``(k, 2)`` integer patch centres in the frame (inside it).
+    size : int
+        Patch side.
+    dy, dx : numpy.ndarray
+        ``(k,)`` measured residual shifts of the patches.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 ``(k, C, size, size // 2 + 1)`` spectra on the float32 ``[0, 1]`` scale.
+    """
+    return shifted_spectra(frame_patches(frame, centres, size), dy, dx)
+
+
+def frame_patches(frame: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+    """float32 ``[0, 1]`` patches ``(k, C, size, size)`` of every channel of a frame."""
+    patches = extract(frame, centres, size)
+    patches = patches[:, None] if patches.ndim == 3 else patches.transpose(0, 3, 1, 2)
+    scale = np.float32(1.0 / INTEGER_SCALE.get(frame.dtype, 1.0))
+    return patches.astype(np.float32) * scale
 
 
 def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:

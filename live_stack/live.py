@@ -1,0 +1,840 @@
+"""Live stacking: the offline pipeline's phases, driven one frame at a time.
+
+:class:`LiveStacker` keeps a bounded buffer of the best frames of a rolling window and,
+for every alignment point, the sum of the shifted patches of the best frames there.
+Each frame that arrives is measured (quality cells, :mod:`live_stack.quality`), aligned
+globally against a target frame (:mod:`live_stack.align`), and either admitted to the
+buffer or dropped with its reason counted. An admitted frame's quality at every AP is
+looked up once; where it ranks among the best ``N`` of the buffer, its local shift is
+measured against the AP reference (:mod:`live_stack.local`) and its shifted patch is
+added to that AP's sum (:mod:`live_stack.stack`). A frame that leaves the buffer (worse
+than a newcomer, or out of the window) is subtracted from the sums it was in, and the
+next best frame at each of those APs takes its place. :meth:`LiveStacker.snapshot`
+blends the sums exactly as the offline pipeline does.
+
+Heavy work is spread over later calls: when the AP grid is laid again (large drift, a
+new AP size) or the stack is promoted to be the new AP reference, the pairs of frames
+and APs to measure again are queued, and every :meth:`LiveStacker.add` works off a
+bounded number of them; until a new grid has caught up, snapshots come from the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from live_stack.align import (
+    AlignParams,
+    GlobalTarget,
+    make_global_target,
+    measure_shift,
+    measure_shifts,
+)
+from live_stack.apgrid import APGrid, APParams, lay_grid
+from live_stack.frames import check_frame, luminance_u8_or_f32
+from live_stack.local import (
+    LocalParams,
+    inside,
+    make_ap_targets,
+    measure_many,
+    parse_stack_size,
+)
+from live_stack.quality import QualityMap, QualityParams, box_quality, quality_map
+from live_stack.reference import covered_box, mean_aligned
+from live_stack.stack import BlendParams, PatchSums, blend, frame_patches, shifted_spectra
+
+#: Reasons an arriving frame is not admitted.
+DROP_REASONS = ("alignment", "quality")
+#: Recent admitted frames looked at for drift and alignment strength.
+RECENT = 16
+#: Frames averaged for the background (where no AP is) of a snapshot, at most.
+BACKGROUND_FRAMES = 16
+#: Bins of the quality histogram in the statistics.
+HIST_BINS = 20
+#: A frame aligns "too weakly" below this share of the recent median strength.
+WEAK_SHARE = 0.4
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    """Parameters of the live stacker (CLI/config prefix ``live_`` for its own fields)."""
+
+    buffer_size: int = 200  # most frames kept (bounds memory: buffer_size raw frames)
+    stack_size: str = "50%"  # frames stacked per AP: a count ("100") or a share of the buffer
+    window_frames: int = 0  # keep only frames among the last M received (0: no limit)
+    window_seconds: float = 0.0  # keep only frames captured in the last T seconds (0: no limit)
+    warmup: int = 40  # frames collected before the first reference and AP grid
+    reference_interval: int = 100  # admitted frames between promotions of the stack to AP
+    # reference (0: never)
+    work_budget: int = 96  # (frame, AP) pairs re-measured per add() after a grid/reference change
+    relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame
+    reset_after: int = 60  # consecutive frames that fail to align before starting over
+    snapshot_interval: float = 1.0  # seconds between snapshots a driver should take
+    quality: QualityParams = field(default_factory=QualityParams)  # frame quality measure
+    align: AlignParams = field(default_factory=AlignParams)  # global alignment
+    ap: APParams = field(default_factory=APParams)  # AP grid
+    local: LocalParams = field(default_factory=LocalParams)  # per-AP alignment
+    blend: BlendParams = field(default_factory=BlendParams)  # blending
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.buffer_size <= 100_000:
+            raise ValueError(f"buffer_size must be 2..100000, got {self.buffer_size}")
+        parse_stack_size(self.stack_size)
+        if self.window_frames < 0:
+            raise ValueError(f"window_frames must be >= 0, got {self.window_frames}")
+        if self.window_seconds < 0:
+            raise ValueError(f"window_seconds must be >= 0, got {self.window_seconds}")
+        if not 1 <= self.warmup <= self.buffer_size:
+            raise ValueError(f"warmup must be 1..buffer_size, got {self.warmup}")
+        if self.reference_interval < 0:
+            raise ValueError(f"reference_interval must be >= 0, got {self.reference_interval}")
+        if self.work_budget < 1:
+            raise ValueError(f"work_budget must be >= 1, got {self.work_budget}")
+        if not 0.01 <= self.relay_drift <= 1.0:
+            raise ValueError(f"relay_drift must be in [0.01, 1], got {self.relay_drift}")
+        if self.reset_after < 1:
+            raise ValueError(f"reset_after must be >= 1, got {self.reset_after}")
+        if self.snapshot_interval <= 0:
+            raise ValueError(f"snapshot_interval must be > 0, got {self.snapshot_interval}")
+
+    def per_ap(self, fill: int) -> int:
+        """Frames stacked per AP when the buffer holds ``fill`` frames."""
+        value, pct = parse_stack_size(self.stack_size)
+        n = int(round(value / 100.0 * fill)) if pct else int(value)
+        return max(1, min(max(fill, 1), n))
+
+
+#: Parameter names :meth:`LiveStacker.set_param` accepts: the live fields, and the
+#: phases' fields as ``PREFIX_FIELD`` (``ap_size``, ``quality_method``, ...).
+PHASE_PREFIXES = ("quality", "align", "ap", "local", "blend")
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What :meth:`LiveStacker.add` did with a frame."""
+
+    admitted: bool  # the frame entered the buffer
+    reason: str | None  # why not: one of DROP_REASONS, or "warmup" while collecting
+    quality: float  # the frame's global quality (detail energy)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A blended stack and the stacker's statistics.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        float32 ``[0, 1]`` ``(H, W)`` or ``(H, W, 3)``, cropped to the covered area.
+    stats : dict
+        msgpack-able statistics (see :meth:`LiveStacker.stats`).
+    ap_centres : numpy.ndarray
+        int ``(m, 2)`` ``(y, x)`` of the APs in ``image`` coordinates.
+    ap_size : int
+        AP box side.
+    box : tuple
+        ``(y0, x0, y1, x1)`` of the crop in the target frame's coordinates.
+    """
+
+    image: np.ndarray
+    stats: dict[str, Any]
+    ap_centres: np.ndarray
+    ap_size: int
+    box: tuple[int, int, int, int]
+
+
+class _APState:
+    """The per-AP accumulators of one grid (see the module docstring)."""
+
+    def __init__(self, grid: APGrid, reference: np.ndarray, slots: int, channels: int,
+                 local: LocalParams) -> None:
+        m = len(grid)
+        self.grid = grid
+        self.targets = make_ap_targets(reference, grid, local)
+        self.sums = PatchSums(m, channels, grid.fft_size)
+        self.q = np.full((slots, m), -np.inf, dtype=np.float32)
+        self.sel = np.zeros((slots, m), dtype=bool)
+        self.contrib = np.zeros((slots, m), dtype=bool)
+        self.dy = np.zeros((slots, m), dtype=np.float32)
+        self.dx = np.zeros((slots, m), dtype=np.float32)
+        self.todo: deque[tuple[int, np.ndarray]] = deque()  # (slot, aps) to (re)measure
+        self.n = 0  # frames per AP the selection is kept at
+        # This grid's coordinates minus the stacker's current ones (non-zero for an old
+        # grid that keeps serving snapshots after a re-anchor).
+        self.origin = np.zeros(2)
+
+
+class LiveStacker:
+    """Multi-point lucky-imaging stack that sharpens while frames arrive.
+
+    Parameters
+    ----------
+    params : LiveParams
+        The parameters; see :meth:`set_param` to change them while running.
+    """
+
+    def __init__(self, params: LiveParams = LiveParams()) -> None:
+        if not isinstance(params, LiveParams):
+            raise ValueError(f"params must be LiveParams, got {type(params).__name__}")
+        self._params = params
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def params(self) -> LiveParams:
+        """The current parameters."""
+        return self._params
+
+    def reset(self) -> None:
+        """Forget everything; the next frame starts a new stack (and fixes the frame size)."""
+        k = self._params.buffer_size
+        self._shape: tuple[int, ...] | None = None
+        self._dtype: np.dtype | None = None
+        self._frames: list[np.ndarray | None] = [None] * k
+        self._gq = np.full(k, -np.inf)
+        self._shift = np.zeros((k, 2))
+        self._seq = np.full(k, -1, dtype=np.int64)
+        self._time = np.zeros(k)
+        self._cells: np.ndarray | None = None
+        self._scale = 1
+        self._target: GlobalTarget | None = None
+        self._state: _APState | None = None  # serves snapshots
+        self._next: _APState | None = None  # being built after a grid change
+        self._warm: list[tuple[np.ndarray, float, np.ndarray, float]] = []
+        self._recent: deque[tuple[int, float]] = deque(maxlen=RECENT)  # (slot, strength)
+        self._fails = 0
+        self._seen = 0
+        self._admitted = 0
+        self._since_reference = 0
+        self._best_quality = 0.0
+        self._dropped: Counter[str] = Counter()
+        self._evicted: Counter[str] = Counter()
+        self._events: Counter[str] = Counter()
+        self._timing: Counter[str] = Counter()
+        self._local_failed = 0
+        self._local_measured = 0
+
+    def _restart(self) -> None:
+        """Start a new stack (new target) but keep the running counters."""
+        kept = (self._seen, self._admitted, self._dropped, self._evicted, self._events,
+                self._timing, self._local_failed, self._local_measured)
+        self.reset()
+        (self._seen, self._admitted, self._dropped, self._evicted, self._events,
+         self._timing, self._local_failed, self._local_measured) = kept
+
+    def set_param(self, name: str, value: Any) -> LiveParams:
+        """Change one parameter while running.
+
+        ``name`` is a live field (``buffer_size``, ``stack_size``, ``window_seconds``, ...)
+        or a phase field as ``PREFIX_FIELD`` (``ap_size``, ``local_outlier``, ...).
+        Changing the buffer size, the AP grid or the measures starts the stack over;
+        changing the stack size or the window applies from the next frame.
+
+        Returns
+        -------
+        LiveParams
+            The new parameters.
+
+        Raises
+        ------
+        ValueError
+            Unknown name or bad value, naming it; the parameters are left as they were.
+        """
+        p = self._params
+        live_fields = {f.name for f in dataclasses.fields(LiveParams)} - set(PHASE_PREFIXES)
+        if name in live_fields:
+            current = getattr(p, name)
+            new = dataclasses.replace(p, **{name: _coerce(name, value, current)})
+        else:
+            prefix, _, sub = name.partition("_")
+            if prefix not in PHASE_PREFIXES or not sub:
+                raise ValueError(f"unknown parameter {name!r}")
+            phase = getattr(p, prefix)
+            if sub not in {f.name for f in dataclasses.fields(phase)}:
+                raise ValueError(f"unknown parameter {name!r}")
+            try:
+                new_phase = dataclasses.replace(
+                    phase, **{sub: _coerce(name, value, getattr(phase, sub))})
+            except ValueError as exc:
+                raise ValueError(str(exc).replace(f"{prefix}_{sub}", name)) from None
+            new = dataclasses.replace(p, **{prefix: new_phase})
+        self._params = new
+        restart = name in ("buffer_size", "warmup") or name.startswith(
+            ("ap_", "quality_", "align_", "local_"))
+        if restart:
+            self._restart()
+        return new
+
+    # ------------------------------------------------------------------ ingest
+    def add(self, frame: np.ndarray, timestamp: float | None = None) -> AddResult:
+        """Take one frame.
+
+        Parameters
+        ----------
+        frame : numpy.ndarray
+            ``(H, W)`` or ``(H, W, 3)`` uint8, uint16 or float32 frame.
+        timestamp : float, optional
+            Capture time, Unix seconds (for the time window); now if not given.
+
+        Returns
+        -------
+        AddResult
+
+        Raises
+        ------
+        ValueError
+            If the frame is malformed or not the size and type of the frames before it
+            (call :meth:`reset` to start over with another size).
+        """
+        return self.add_batch([frame], None if timestamp is None else [timestamp])[0]
+
+    def add_batch(
+        self, frames: Sequence[np.ndarray], timestamps: Sequence[float] | None = None
+    ) -> list[AddResult]:
+        """Take several frames at once (cheaper per frame than :meth:`add`).
+
+        The frames are measured and aligned together, then admitted one by one in
+        order, exactly as :meth:`add` would. All frames are checked before any is used:
+        if one is malformed or of the wrong size, ``ValueError`` is raised (naming its
+        position) and none of them is taken.
+
+        Parameters
+        ----------
+        frames : sequence of numpy.ndarray
+            The frames, in capture order.
+        timestamps : sequence of float, optional
+            Their capture times (Unix seconds); now if not given.
+
+        Returns
+        -------
+        list of AddResult
+        """
+        frames = [check_frame(f, name=f"frames[{i}]") for i, f in enumerate(frames)]
+        if timestamps is not None and len(timestamps) != len(frames):
+            raise ValueError(f"timestamps has {len(timestamps)} entries for {len(frames)} frames")
+        shape = self._shape or frames[0].shape if frames else None
+        dtype = self._dtype or frames[0].dtype if frames else None
+        for i, f in enumerate(frames):
+            if f.shape != shape or f.dtype != dtype:
+                raise ValueError(f"frames[{i}] is {_describe(f.shape, f.dtype)}, the stack is "
+                                 f"{_describe(shape, dtype)}")
+        if not frames:
+            return []
+        self._shape, self._dtype = shape, dtype
+        now = time.time()
+        times = [now] * len(frames) if timestamps is None else [float(t) for t in timestamps]
+        t0 = time.perf_counter()
+        maps = [quality_map(f, self._params.quality) for f in frames]
+        t1 = time.perf_counter()
+        self._timing["quality"] += t1 - t0
+        results = []
+        pending: list[int] = []
+        for i, frame in enumerate(frames):
+            if self._target is None:
+                results.append(self._warm_up(frame, maps[i], times[i]))
+            else:
+                results.append(None)
+                pending.append(i)
+        if pending:
+            t1 = time.perf_counter()
+            shifts = measure_shifts([frames[i] for i in pending], self._target)
+            self._timing["align"] += time.perf_counter() - t1
+            target = self._target
+            for j, i in enumerate(pending):
+                if self._target is not target:  # a reset or re-anchor happened meanwhile
+                    if self._target is None:
+                        results[i] = self._warm_up(frames[i], maps[i], times[i])
+                        continue
+                    shifts[j] = measure_shifts([frames[i]], self._target)[0]
+                results[i] = self._admit(frames[i], maps[i], shifts[j], times[i])
+        return results
+
+    def _warm_up(self, frame: np.ndarray, qmap: QualityMap, now: float) -> AddResult:
+        """Collect a frame before the first reference; start when enough are there."""
+        self._seen += 1
+        quality = qmap.quality
+        self._best_quality = max(self._best_quality, quality)
+        self._warm.append((np.array(frame, copy=True), quality, qmap.cells, now))
+        if len(self._warm) >= self._params.warmup:
+            t = time.perf_counter()
+            self._start()
+            self._timing["start"] += time.perf_counter() - t
+        return AddResult(admitted=False, reason="warmup", quality=quality)
+
+    def _admit(self, frame: np.ndarray, qmap: QualityMap, measured: np.ndarray,
+               now: float) -> AddResult:
+        """Admit an aligned frame to the buffer, or drop it with its reason."""
+        self._seen += 1
+        quality = qmap.quality
+        self._best_quality = max(self._best_quality, quality)
+        dy, dx, strength = (float(v) for v in measured)
+        t2 = time.perf_counter()
+        self._evict_window(now)
+        if self._weak(strength):
+            self._fails += 1
+            self._dropped["alignment"] += 1
+            if self._fails >= self._params.reset_after:
+                self._events["scene_reset"] += 1
+                self._restart()
+            self._work()
+            return AddResult(admitted=False, reason="alignment", quality=quality)
+        self._fails = 0
+        slot = self._free_slot(quality)
+        if slot is None:
+            self._dropped["quality"] += 1
+            self._work()
+            self._timing["admit"] += time.perf_counter() - t2
+            return AddResult(admitted=False, reason="quality", quality=quality)
+        self._store(slot, frame, quality, qmap.cells, np.array([dy, dx]), now)
+        self._recent.append((slot, strength))
+        self._admitted += 1
+        self._since_reference += 1
+        for state in self._states():
+            self._enter(state, slot, frame)
+        t3 = time.perf_counter()
+        self._timing["admit"] += t3 - t2
+        self._check_drift()
+        self._maybe_promote_reference()
+        self._work()
+        self._timing["work"] += time.perf_counter() - t3
+        return AddResult(admitted=True, reason=None, quality=quality)
+
+    # ------------------------------------------------------------------ start-up
+    def _start(self) -> None:
+        """Warm-up done: target, first reference and grid from the collected frames."""
+        warm = self._warm
+        self._warm = []
+        best = int(np.argmax([w[1] for w in warm]))
+        self._target = make_global_target(warm[best][0], self._params.align)
+        self._cells = np.zeros((self._params.buffer_size,) + warm[0][2].shape, np.float32)
+        self._scale = self._params.quality.downsample * self._params.quality.cell
+        order = np.argsort([-w[1] for w in warm])
+        for i in order:
+            frame, quality, cells, now = warm[int(i)]
+            dy, dx, strength = measure_shift(frame, self._target)
+            if self._weak(strength):
+                self._dropped["alignment"] += 1
+                continue
+            slot = self._free_slot(quality)
+            if slot is None:
+                self._dropped["quality"] += 1
+                continue
+            self._store(slot, frame, quality, cells, np.array([dy, dx]), now)
+            self._recent.append((slot, strength))
+            self._admitted += 1
+        self._relay(synchronous=True)
+
+    def _relay(self, *, synchronous: bool) -> None:
+        """Lay a new AP grid on a fresh reference of the buffer's best frames."""
+        slots = self._filled()
+        if len(slots) == 0:
+            return
+        best = slots[np.argsort(-self._gq[slots])]
+        near = [s for s in best if np.all(np.abs(self._shift[s]) < self._max_offset())]
+        use = np.array((near or list(best))[: max(3, min(BACKGROUND_FRAMES, len(best) // 2))])
+        ref = mean_aligned((self._frames[s] for s in use), self._shift[use])
+        box = covered_box(self._shift[use], self._shape[:2])
+        lum = ref if ref.ndim == 2 else luminance_u8_or_f32(ref)
+        grid = lay_grid(lum, self._params.ap, box=box)
+        state = _APState(grid, lum, self._params.buffer_size, self._channels(),
+                         self._params.local)
+        self._events["grid"] += 1
+        for s in slots:
+            self._ap_quality(state, s)
+        state.n = self._params.per_ap(len(slots))
+        _select_all(state)
+        for s in slots:
+            aps = np.flatnonzero(state.sel[s])
+            if len(aps):
+                state.todo.append((int(s), aps))
+        if synchronous or self._state is None:
+            self._contribute(state, [(s, aps, None) for s, aps in state.todo])
+            state.todo.clear()
+            self._state, self._next = state, None
+        else:
+            self._next = state
+
+    # ------------------------------------------------------------------ buffer
+    def _states(self) -> list[_APState]:
+        return [s for s in (self._state, self._next) if s is not None]
+
+    def _filled(self) -> np.ndarray:
+        return np.flatnonzero(self._seq >= 0)
+
+    def _channels(self) -> int:
+        return 3 if len(self._shape) == 3 else 1
+
+    def _max_offset(self) -> float:
+        return self._params.relay_drift * min(self._shape[:2])
+
+    def _weak(self, strength: float) -> bool:
+        if strength < self._params.align.min_strength:
+            return True
+        if len(self._recent) >= RECENT // 2:
+            typical = float(np.median([s for _, s in self._recent]))
+            return strength < WEAK_SHARE * typical
+        return False
+
+    def _free_slot(self, quality: float) -> int | None:
+        """A slot for a frame of this quality: an empty one, or the worst frame's."""
+        empty = np.flatnonzero(self._seq < 0)
+        if len(empty):
+            return int(empty[0])
+        worst = int(np.argmin(self._gq))
+        if quality <= self._gq[worst]:
+            return None
+        self._evicted["quality"] += 1
+        self._remove(worst)
+        return worst
+
+    def _store(self, slot: int, frame: np.ndarray, quality: float, cells: np.ndarray,
+               shift: np.ndarray, now: float) -> None:
+        self._frames[slot] = np.array(frame, copy=True)
+        self._gq[slot] = quality
+        self._shift[slot] = shift
+        self._seq[slot] = self._seen
+        self._time[slot] = now
+        self._cells[slot] = cells
+
+    def _remove(self, slot: int) -> None:
+        for state in self._states():
+            self._leave(state, slot)
+        self._frames[slot] = None
+        self._gq[slot] = -np.inf
+        self._seq[slot] = -1
+
+    def _evict_window(self, now: float) -> None:
+        p = self._params
+        filled = self._filled()
+        if not len(filled):
+            return
+        old = np.zeros(len(filled), dtype=bool)
+        if p.window_frames:
+            old |= self._seq[filled] <= self._seen - p.window_frames
+        if p.window_seconds:
+            old |= self._time[filled] < now - p.window_seconds
+        for s in filled[old]:
+            self._evicted["window"] += 1
+            self._remove(int(s))
+
+    # ------------------------------------------------------------------ per-AP
+    def _shift_in(self, state: _APState, slot: int) -> np.ndarray:
+        """The global shift of the frame in ``slot``, in the coordinates of ``state``."""
+        return self._shift[slot] + state.origin
+
+    def _ap_quality(self, state: _APState, slot: int) -> None:
+        shift = self._shift_in(state, slot)
+        q = box_quality(self._cells[slot][None], self._scale, state.grid.boxes,
+                        shift[None])[0]
+        offset = np.rint(shift).astype(np.intp)
+        fits = inside(state.grid.centres + offset, state.grid.fft_size, self._shape)
+        state.q[slot] = np.where(fits, q, -np.inf)
+
+    def _enter(self, state: _APState, slot: int, frame: np.ndarray) -> None:
+        """A new frame in ``slot``: select it where it ranks among the best."""
+        self._ap_quality(state, slot)
+        self._rebalance(state)
+        q = state.q[slot]
+        nsel = state.sel.sum(axis=0)
+        take = (nsel < state.n) & np.isfinite(q)
+        full = ~take & np.isfinite(q)
+        if full.any():
+            masked = np.where(state.sel, state.q, np.inf)
+            worst = masked.argmin(axis=0)
+            worst_q = masked[worst, np.arange(len(q))]
+            swap = full & (q > worst_q)
+            self._unselect(state, [(int(s), np.flatnonzero(swap & (worst == s)))
+                                   for s in np.unique(worst[swap])])
+            take |= swap
+        aps = np.flatnonzero(take)
+        if len(aps):
+            state.sel[slot, aps] = True
+            self._contribute(state, [(slot, aps, frame)])
+
+    def _leave(self, state: _APState, slot: int) -> None:
+        """The frame in ``slot`` goes: take it out and promote the next best."""
+        aps = np.flatnonzero(state.sel[slot])
+        self._unselect(state, [(slot, aps)])
+        state.q[slot] = -np.inf
+        state.todo = deque((s, a) for s, a in state.todo if s != slot)
+        if len(aps):
+            self._fill_up(state, aps)
+
+    def _unselect(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
+        """Deselect ``(slot, aps)`` pairs, taking their patches out of the sums."""
+        outs = []
+        for slot, aps in groups:
+            if not len(aps):
+                continue
+            state.sel[slot, aps] = False
+            out = aps[state.contrib[slot, aps]]
+            if len(out):
+                outs.append((slot, out))
+        if not outs:
+            return
+        grid = state.grid
+        patches = np.concatenate([
+            frame_patches(self._frames[slot],
+                          grid.centres[out] + np.rint(self._shift_in(state, slot)).astype(np.intp),
+                          grid.fft_size)
+            for slot, out in outs])
+        dy = np.concatenate([state.dy[slot, out] for slot, out in outs])
+        dx = np.concatenate([state.dx[slot, out] for slot, out in outs])
+        spectra = shifted_spectra(patches, dy, dx)
+        start = 0
+        for slot, out in outs:
+            k = len(out)
+            state.sums.add(out, spectra[start : start + k], dy[start : start + k],
+                           dx[start : start + k], sign=-1)
+            state.contrib[slot, out] = False
+            start += k
+
+    def _fill_up(self, state: _APState, aps: np.ndarray) -> None:
+        """Select the best unselected frame at each AP that has fewer than ``n``."""
+        nsel = state.sel[:, aps].sum(axis=0)
+        need = aps[nsel < state.n]
+        while len(need):
+            cand = np.where(state.sel[:, need], -np.inf, state.q[:, need])
+            best = cand.argmax(axis=0)
+            ok = np.isfinite(cand[best, np.arange(len(need))])
+            groups = []
+            for s in np.unique(best[ok]):
+                chosen = need[ok & (best == s)]
+                state.sel[s, chosen] = True
+                groups.append((int(s), chosen, None))
+            self._contribute(state, groups)
+            need = need[ok]
+            need = need[state.sel[:, need].sum(axis=0) < state.n]
+
+    def _rebalance(self, state: _APState) -> None:
+        """Keep ``n`` in step with the buffer fill (a share of the buffer grows with it)."""
+        n = self._params.per_ap(len(self._filled()))
+        if n == state.n:
+            return
+        grow = n > state.n
+        state.n = n
+        m = len(state.grid)
+        if grow:
+            self._fill_up(state, np.arange(m))
+            return
+        nsel = state.sel.sum(axis=0)
+        drop: dict[int, list[int]] = {}
+        for a in np.flatnonzero(nsel > n):
+            col = np.where(state.sel[:, a], state.q[:, a], np.inf)
+            for s in np.argsort(col)[: nsel[a] - n]:
+                drop.setdefault(int(s), []).append(int(a))
+        self._unselect(state, [(s, np.array(a)) for s, a in drop.items()])
+
+    def _contribute(self, state: _APState,
+                    groups: list[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
+        """Measure frames' shifts at APs and add their patches to the sums.
+
+        ``groups`` holds ``(slot, aps, frame)``; ``frame`` is ``None`` for a frame
+        already in the buffer.
+        """
+        groups = [(slot, aps, self._frames[slot] if frame is None else frame)
+                  for slot, aps, frame in groups if len(aps)]
+        if not groups:
+            return
+        results = measure_many(
+            [(luminance_u8_or_f32(frame), self._shift_in(state, slot), aps)
+             for slot, aps, frame in groups], state.grid, state.targets, self._params.local)
+        parts = []
+        for (slot, _, frame), (shifts, centres) in zip(groups, results, strict=True):
+            ok = shifts.ok
+            self._local_measured += len(shifts.aps)
+            self._local_failed += int((~ok).sum())
+            if ok.any():
+                parts.append((slot, shifts.aps[ok], shifts.dy[ok], shifts.dx[ok],
+                              frame_patches(frame, centres[ok], state.grid.fft_size)))
+        if not parts:
+            return
+        spectra = shifted_spectra(np.concatenate([p[4] for p in parts]),
+                                  np.concatenate([p[2] for p in parts]),
+                                  np.concatenate([p[3] for p in parts]))
+        start = 0
+        for slot, good, dy, dx, _ in parts:
+            k = len(good)
+            state.sums.add(good, spectra[start : start + k], dy, dx)
+            state.contrib[slot, good] = True
+            state.dy[slot, good] = dy
+            state.dx[slot, good] = dx
+            start += k
+
+    def _work(self) -> None:
+        """Spend the per-call budget on queued (re)measurements."""
+        budget = self._params.work_budget
+        for state in self._states():
+            redo_groups = []
+            add_groups = []
+            while state.todo and budget > 0:
+                slot, aps = state.todo.popleft()
+                if len(aps) > budget:
+                    state.todo.appendleft((slot, aps[budget:]))
+                    aps = aps[:budget]
+                budget -= len(aps)
+                keep = aps[state.sel[slot, aps]]
+                redo_groups.append((slot, keep[state.contrib[slot, keep]]))
+                add_groups.append((slot, keep, None))
+            self._unselect(state, redo_groups)
+            for slot, keep, _ in add_groups:
+                state.sel[slot, keep] = True
+            self._contribute(state, add_groups)
+        if self._next is not None and not self._next.todo:
+            self._state, self._next = self._next, None
+
+    def _check_drift(self) -> None:
+        """Re-anchor on a recent frame when the object has drifted far from the target."""
+        if self._next is not None or len(self._recent) < RECENT:
+            return
+        recent = [s for s, _ in self._recent if self._seq[s] >= 0]
+        if len(recent) < RECENT // 2:
+            return
+        drift = np.median(self._shift[recent], axis=0)
+        if np.hypot(*drift) < self._max_offset():
+            return
+        best = max(recent, key=lambda s: self._gq[s])
+        anchor = self._shift[best].copy()
+        self._target = make_global_target(self._frames[best], self._params.align)
+        filled = self._filled()
+        self._shift[filled] -= anchor
+        for state in self._states():
+            state.origin += anchor
+        self._events["reanchor"] += 1
+        self._recent.clear()
+        self._relay(synchronous=False)
+
+    def _maybe_promote_reference(self) -> None:
+        """Every ``reference_interval`` admitted frames, the stack becomes the AP reference."""
+        every = self._params.reference_interval
+        state = self._state
+        if not every or self._since_reference < every or state is None or self._next:
+            return
+        self._since_reference = 0
+        image = self._blend(state)
+        if image is None:
+            return
+        lum = image if image.ndim == 2 else luminance_u8_or_f32(image)
+        state.targets = make_ap_targets(lum, state.grid, self._params.local)
+        self._events["reference"] += 1
+        for s in self._filled():
+            aps = np.flatnonzero(state.contrib[s])
+            if len(aps):
+                state.todo.append((int(s), aps))
+
+    # ------------------------------------------------------------------ output
+    def _background(self, state: _APState,
+                    slots: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """Mean of the best frames near the anchor, in ``state``'s coordinates."""
+        best = slots[np.argsort(-self._gq[slots])]
+        near = [s for s in best if np.all(np.abs(self._shift[s]) < self._max_offset())]
+        use = np.array((near or list(best))[: max(1, min(BACKGROUND_FRAMES, len(best) // 4))])
+        shifts = self._shift[use] + state.origin
+        image = mean_aligned((self._frames[s] for s in use), shifts)
+        return image, covered_box(shifts, self._shape[:2])
+
+    def _blend(self, state: _APState) -> np.ndarray | None:
+        slots = self._filled()
+        if not len(slots):
+            return None
+        background, _ = self._background(state, slots)
+        patches = state.sums.mean_patches(state.grid.size)
+        return blend(patches, state.grid, background, self._params.blend).image
+
+    def snapshot(self) -> Snapshot | None:
+        """Blend the current stack.
+
+        Returns
+        -------
+        Snapshot or None
+            ``None`` while the first frames are still being collected.
+        """
+        state = self._state
+        slots = self._filled()
+        if state is None or not len(slots):
+            return None
+        t0 = time.perf_counter()
+        background, box = self._background(state, slots)
+        patches = state.sums.mean_patches(state.grid.size)
+        image = blend(patches, state.grid, background, self._params.blend).image
+        y0, x0, y1, x1 = box
+        image = np.ascontiguousarray(image[y0:y1, x0:x1])
+        centres = state.grid.centres - np.array([y0, x0])
+        self._timing["snapshot"] += time.perf_counter() - t0
+        return Snapshot(image=image, stats=self.stats(), ap_centres=centres,
+                        ap_size=state.grid.size, box=box)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and distributions, as plain (msgpack-able) values."""
+        slots = self._filled()
+        gq = self._gq[slots]
+        best = self._best_quality or 1.0
+        rel = gq / best if len(gq) else np.zeros(0)
+        hist, edges = np.histogram(rel, bins=HIST_BINS, range=(0.0, 1.0))
+        full = len(slots) >= self._params.buffer_size
+        state = self._state
+        return {
+            "frames_seen": self._seen,
+            "admitted": self._admitted,
+            "dropped": {r: int(self._dropped.get(r, 0)) for r in DROP_REASONS},
+            "evicted": dict(self._evicted),
+            "buffer_fill": int(len(slots)),
+            "buffer_size": self._params.buffer_size,
+            "aps": 0 if state is None else len(state.grid),
+            "frames_per_ap": 0 if state is None else int(state.n),
+            "warming_up": self._target is None,
+            "pending_work": sum(len(a) for s in self._states() for _, a in s.todo),
+            "quality": {
+                "hist": hist.tolist(),
+                "edges": edges.tolist(),
+                "threshold": float(rel.min()) if full and len(rel) else 0.0,
+                "best": float(self._best_quality),
+            },
+            "local_measured": self._local_measured,
+            "local_failed": self._local_failed,
+            "events": dict(self._events),
+            "timings_ms": {k: round(v * 1e3 / max(self._seen, 1), 4)
+                           for k, v in self._timing.items()},
+        }
+
+
+def _select_all(state: _APState) -> None:
+    """Select the best ``state.n`` frames at every AP from scratch."""
+    q = state.q
+    n = min(state.n, q.shape[0])
+    state.sel[:] = False
+    if n <= 0 or q.shape[1] == 0:
+        return
+    top = np.argpartition(-q, n - 1, axis=0)[:n]
+    cols = np.broadcast_to(np.arange(q.shape[1]), top.shape)
+    state.sel[top, cols] = np.isfinite(q[top, cols])
+
+
+def _coerce(name: str, value: Any, current: Any) -> Any:
+    """Convert a parameter value (possibly a string from a command line) to its type."""
+    kind = type(current)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes", "on")
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a valid {kind.__name__}") from None
+
+
+def _describe(shape: tuple[int, ...], dtype: np.dtype | None) -> str:
+    kind = "RGB" if len(shape) == 3 else "mono"
+    return f"{shape[1]}x{shape[0]} {kind} {dtype}"
