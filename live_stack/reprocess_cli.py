@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from live_stack import __version__
 from live_stack.align import AlignParams
 from live_stack.apgrid import APParams
@@ -151,6 +153,18 @@ class _Bars:
             self.bar = None
 
 
+def depth_gain(dtype: np.dtype, bit_depth: int) -> float:
+    """Gain that brings a ``bit_depth``-bit capture stored in uint16 to the full range.
+
+    A 12-bit camera's values run 0..4095 in its 16-bit frames; the pipeline keeps that
+    scale (0..0.0625), and the output is scaled so that 4095 becomes 65535, as
+    capture-side users expect.
+    """
+    if np.dtype(dtype) == np.uint16 and 8 < bit_depth < 16:
+        return 65535.0 / (2**bit_depth - 1)
+    return 1.0
+
+
 def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bool) -> dict:
     """Stack one input and write its images; return its summary."""
     from live_stack.io import open_source
@@ -174,10 +188,12 @@ def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bo
         "parameters": {prefix: as_dict(getattr(params, prefix)) for prefix in SPECS},
         "summary": summary,
     }
+    gain = depth_gain(info.dtype, info.bit_depth)
     for stack, out in zip(result.stacks, outputs, strict=True):
         meta = dict(meta_common, stack_size=stack.size, frames_per_ap=stack.frames_per_ap,
-                    crop_box=list(stack.box))
-        write_image(out, stack.image, metadata=meta)
+                    crop_box=list(stack.box), output_gain=gain)
+        write_image(out, stack.image * np.float32(gain) if gain != 1.0 else stack.image,
+                    metadata=meta)
     summary["outputs"] = [str(o) for o in outputs]
     summary["total_seconds"] = round(time.perf_counter() - t0, 3)
     return summary
