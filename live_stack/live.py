@@ -70,8 +70,8 @@ class LiveParams:
     window_frames: int = 0  # keep only frames among the last M received (0: no limit)
     window_seconds: float = 0.0  # keep only frames captured in the last T seconds (0: no limit)
     warmup: int = 40  # frames collected before the first reference and AP grid
-    reference_interval: int = 100  # admitted frames between promotions of the stack to AP
-    # reference (0: never)
+    reference_interval: int = 100  # the stack becomes the AP reference after this many admitted
+    # frames, then after twice as many more, and so on (0: never)
     work_budget: int = 96  # (frame, AP) pairs re-measured per add() after a grid/reference change
     relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame
     reset_after: int = 60  # consecutive frames that fail to align before starting over
@@ -150,7 +150,17 @@ class Snapshot:
 
 
 class _APState:
-    """The per-AP accumulators of one grid (see the module docstring)."""
+    """The per-AP accumulators of one grid.
+
+    ``sel`` is the selection wanted (the best ``n`` buffer frames at each AP) and is
+    kept up to date on every frame, which is cheap bookkeeping. ``contrib`` marks the
+    (frame, AP) pairs whose patches are in ``sums``; :meth:`LiveStacker._sync` brings
+    the sums in line with the selection, applying only the net changes, when a snapshot
+    is taken. At camera rates most selection changes are transient (a frame enters the
+    best ``n`` at an AP and is pushed out again before the next snapshot) and so cost
+    nothing. A measured shift is kept per pair (``measured``, ``okm``, ``dy``, ``dx``)
+    and is not measured again while the reference stays the same.
+    """
 
     def __init__(self, grid: APGrid, reference: np.ndarray, slots: int, channels: int,
                  local: LocalParams) -> None:
@@ -161,13 +171,29 @@ class _APState:
         self.q = np.full((slots, m), -np.inf, dtype=np.float32)
         self.sel = np.zeros((slots, m), dtype=bool)
         self.contrib = np.zeros((slots, m), dtype=bool)
+        self.measured = np.zeros((slots, m), dtype=bool)
+        self.okm = np.zeros((slots, m), dtype=bool)  # measured and trustworthy
+        self.stale = np.zeros((slots, m), dtype=bool)  # in sums, measured on an old reference
         self.dy = np.zeros((slots, m), dtype=np.float32)
         self.dx = np.zeros((slots, m), dtype=np.float32)
-        self.todo: deque[tuple[int, np.ndarray]] = deque()  # (slot, aps) to (re)measure
         self.n = 0  # frames per AP the selection is kept at
         # This grid's coordinates minus the stacker's current ones (non-zero for an old
         # grid that keeps serving snapshots after a re-anchor).
         self.origin = np.zeros(2)
+
+    def wanted(self) -> np.ndarray:
+        """Pairs selected but not in the sums, and not known to fail."""
+        return self.sel & ~self.contrib & ~(self.measured & ~self.okm)
+
+    def pending(self) -> int:
+        """Pairs whose state in the sums differs from the selection."""
+        return int(self.wanted().sum() + (self.contrib & ~self.sel).sum() + self.stale.sum())
+
+    def clear(self, slot: int) -> None:
+        """Forget a slot's rows (its patches must be out of the sums already)."""
+        for arr in (self.sel, self.contrib, self.measured, self.okm, self.stale):
+            arr[slot] = False
+        self.q[slot] = -np.inf
 
 
 class LiveStacker:
@@ -396,7 +422,7 @@ class LiveStacker:
         self._admitted += 1
         self._since_reference += 1
         for state in self._states():
-            self._enter(state, slot, frame)
+            self._enter(state, slot)
         t3 = time.perf_counter()
         self._timing["admit"] += t3 - t2
         self._check_drift()
@@ -449,13 +475,8 @@ class LiveStacker:
             self._ap_quality(state, s)
         state.n = self._params.per_ap(len(slots))
         _select_all(state)
-        for s in slots:
-            aps = np.flatnonzero(state.sel[s])
-            if len(aps):
-                state.todo.append((int(s), aps))
         if synchronous or self._state is None:
-            self._contribute(state, [(s, aps, None) for s, aps in state.todo])
-            state.todo.clear()
+            self._sync(state)
             self._state, self._next = state, None
         else:
             self._next = state
@@ -536,8 +557,8 @@ class LiveStacker:
         fits = inside(state.grid.centres + offset, state.grid.fft_size, self._shape)
         state.q[slot] = np.where(fits, q, -np.inf)
 
-    def _enter(self, state: _APState, slot: int, frame: np.ndarray) -> None:
-        """A new frame in ``slot``: select it where it ranks among the best."""
+    def _enter(self, state: _APState, slot: int) -> None:
+        """A new frame in ``slot``: select it where it ranks among the best (bookkeeping)."""
         self._ap_quality(state, slot)
         self._rebalance(state)
         q = state.q[slot]
@@ -547,68 +568,28 @@ class LiveStacker:
         if full.any():
             masked = np.where(state.sel, state.q, np.inf)
             worst = masked.argmin(axis=0)
-            worst_q = masked[worst, np.arange(len(q))]
-            swap = full & (q > worst_q)
-            self._unselect(state, [(int(s), np.flatnonzero(swap & (worst == s)))
-                                   for s in np.unique(worst[swap])])
+            cols = np.arange(len(q))
+            swap = full & (q > masked[worst, cols])
+            state.sel[worst[swap], cols[swap]] = False
             take |= swap
-        aps = np.flatnonzero(take)
-        if len(aps):
-            state.sel[slot, aps] = True
-            self._contribute(state, [(slot, aps, frame)])
+        state.sel[slot, take] = True
 
     def _leave(self, state: _APState, slot: int) -> None:
-        """The frame in ``slot`` goes: take it out and promote the next best."""
+        """The frame in ``slot`` goes: take its patches out, promote the next best."""
         aps = np.flatnonzero(state.sel[slot])
-        self._unselect(state, [(slot, aps)])
-        state.q[slot] = -np.inf
-        state.todo = deque((s, a) for s, a in state.todo if s != slot)
+        self._subtract(state, [(slot, np.flatnonzero(state.contrib[slot]))])
+        state.clear(slot)
         if len(aps):
             self._fill_up(state, aps)
 
-    def _unselect(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        """Deselect ``(slot, aps)`` pairs, taking their patches out of the sums."""
-        outs = []
-        for slot, aps in groups:
-            if not len(aps):
-                continue
-            state.sel[slot, aps] = False
-            out = aps[state.contrib[slot, aps]]
-            if len(out):
-                outs.append((slot, out))
-        if not outs:
-            return
-        grid = state.grid
-        patches = np.concatenate([
-            frame_patches(self._frames[slot],
-                          grid.centres[out] + np.rint(self._shift_in(state, slot)).astype(np.intp),
-                          grid.fft_size)
-            for slot, out in outs])
-        dy = np.concatenate([state.dy[slot, out] for slot, out in outs])
-        dx = np.concatenate([state.dx[slot, out] for slot, out in outs])
-        spectra = shifted_spectra(patches, dy, dx)
-        start = 0
-        for slot, out in outs:
-            k = len(out)
-            state.sums.add(out, spectra[start : start + k], dy[start : start + k],
-                           dx[start : start + k], sign=-1)
-            state.contrib[slot, out] = False
-            start += k
-
     def _fill_up(self, state: _APState, aps: np.ndarray) -> None:
-        """Select the best unselected frame at each AP that has fewer than ``n``."""
-        nsel = state.sel[:, aps].sum(axis=0)
-        need = aps[nsel < state.n]
+        """Select the best unselected frame at each AP with fewer than ``n`` (bookkeeping)."""
+        need = aps[state.sel[:, aps].sum(axis=0) < state.n]
         while len(need):
             cand = np.where(state.sel[:, need], -np.inf, state.q[:, need])
             best = cand.argmax(axis=0)
             ok = np.isfinite(cand[best, np.arange(len(need))])
-            groups = []
-            for s in np.unique(best[ok]):
-                chosen = need[ok & (best == s)]
-                state.sel[s, chosen] = True
-                groups.append((int(s), chosen, None))
-            self._contribute(state, groups)
+            state.sel[best[ok], need[ok]] = True
             need = need[ok]
             need = need[state.sel[:, need].sum(axis=0) < state.n]
 
@@ -619,75 +600,103 @@ class LiveStacker:
             return
         grow = n > state.n
         state.n = n
-        m = len(state.grid)
         if grow:
-            self._fill_up(state, np.arange(m))
+            self._fill_up(state, np.arange(len(state.grid)))
             return
         nsel = state.sel.sum(axis=0)
-        drop: dict[int, list[int]] = {}
         for a in np.flatnonzero(nsel > n):
             col = np.where(state.sel[:, a], state.q[:, a], np.inf)
-            for s in np.argsort(col)[: nsel[a] - n]:
-                drop.setdefault(int(s), []).append(int(a))
-        self._unselect(state, [(s, np.array(a)) for s, a in drop.items()])
+            state.sel[np.argsort(col)[: nsel[a] - n], a] = False
 
-    def _contribute(self, state: _APState,
-                    groups: list[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
-        """Measure frames' shifts at APs and add their patches to the sums.
-
-        ``groups`` holds ``(slot, aps, frame)``; ``frame`` is ``None`` for a frame
-        already in the buffer.
-        """
-        groups = [(slot, aps, self._frames[slot] if frame is None else frame)
-                  for slot, aps, frame in groups if len(aps)]
+    def _subtract(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
+        """Take ``(slot, aps)`` pairs that are in the sums out of them."""
+        groups = [(slot, aps) for slot, aps in groups if len(aps)]
         if not groups:
             return
-        results = measure_many(
-            [(luminance_u8_or_f32(frame), self._shift_in(state, slot), aps)
-             for slot, aps, frame in groups], state.grid, state.targets, self._params.local)
-        parts = []
-        for (slot, _, frame), (shifts, centres) in zip(groups, results, strict=True):
-            ok = shifts.ok
-            self._local_measured += len(shifts.aps)
-            self._local_failed += int((~ok).sum())
-            if ok.any():
-                parts.append((slot, shifts.aps[ok], shifts.dy[ok], shifts.dx[ok],
-                              frame_patches(frame, centres[ok], state.grid.fft_size)))
-        if not parts:
-            return
-        spectra = shifted_spectra(np.concatenate([p[4] for p in parts]),
-                                  np.concatenate([p[2] for p in parts]),
-                                  np.concatenate([p[3] for p in parts]))
+        grid = state.grid
+        patches = np.concatenate([
+            frame_patches(self._frames[slot],
+                          grid.centres[aps] + np.rint(self._shift_in(state, slot)).astype(np.intp),
+                          grid.fft_size)
+            for slot, aps in groups])
+        dy = np.concatenate([state.dy[slot, aps] for slot, aps in groups])
+        dx = np.concatenate([state.dx[slot, aps] for slot, aps in groups])
+        spectra = shifted_spectra(patches, dy, dx)
         start = 0
-        for slot, good, dy, dx, _ in parts:
-            k = len(good)
-            state.sums.add(good, spectra[start : start + k], dy, dx)
-            state.contrib[slot, good] = True
-            state.dy[slot, good] = dy
-            state.dx[slot, good] = dx
+        for slot, aps in groups:
+            k = len(aps)
+            state.sums.add(aps, spectra[start : start + k], dy[start : start + k],
+                           dx[start : start + k], sign=-1)
+            state.contrib[slot, aps] = False
+            state.stale[slot, aps] = False
             start += k
 
+    def _add(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
+        """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums."""
+        groups = [(slot, aps) for slot, aps in groups if len(aps)]
+        if not groups:
+            return
+        todo = [(slot, aps[~state.measured[slot, aps]]) for slot, aps in groups]
+        todo = [(slot, aps) for slot, aps in todo if len(aps)]
+        if todo:
+            results = measure_many(
+                [(luminance_u8_or_f32(self._frames[slot]), self._shift_in(state, slot), aps)
+                 for slot, aps in todo], state.grid, state.targets, self._params.local)
+            for (slot, aps), (shifts, _) in zip(todo, results, strict=True):
+                self._local_measured += len(aps)
+                state.measured[slot, aps] = True
+                state.okm[slot, aps] = False
+                state.okm[slot, shifts.aps[shifts.ok]] = True
+                state.dy[slot, shifts.aps] = shifts.dy
+                state.dx[slot, shifts.aps] = shifts.dx
+                self._local_failed += len(aps) - int(shifts.ok.sum())
+        parts = [(slot, aps[state.okm[slot, aps]]) for slot, aps in groups]
+        parts = [(slot, aps) for slot, aps in parts if len(aps)]
+        if not parts:
+            return
+        grid = state.grid
+        patches = np.concatenate([
+            frame_patches(self._frames[slot],
+                          grid.centres[aps] + np.rint(self._shift_in(state, slot)).astype(np.intp),
+                          grid.fft_size)
+            for slot, aps in parts])
+        dy = np.concatenate([state.dy[slot, aps] for slot, aps in parts])
+        dx = np.concatenate([state.dx[slot, aps] for slot, aps in parts])
+        spectra = shifted_spectra(patches, dy, dx)
+        start = 0
+        for slot, aps in parts:
+            k = len(aps)
+            state.sums.add(aps, spectra[start : start + k], dy[start : start + k],
+                           dx[start : start + k])
+            state.contrib[slot, aps] = True
+            start += k
+
+    def _sync(self, state: _APState, budget: int | None = None) -> None:
+        """Apply the net selection changes (and stale re-measurements) to the sums.
+
+        Three steps, in order: pairs measured on an old reference are measured again;
+        pairs no longer selected are taken out; pairs newly selected are put in. With a
+        ``budget``, at most that many pairs are worked on.
+        """
+        left = [np.inf if budget is None else int(budget)]
+        stale = _take(state.stale, left)
+        if stale:
+            self._subtract(state, stale)
+            for slot, aps in stale:
+                state.measured[slot, aps] = False
+            self._add(state, [(slot, aps[state.sel[slot, aps]]) for slot, aps in stale])
+        self._subtract(state, _take(state.contrib & ~state.sel, left))
+        self._add(state, _take(state.wanted(), left))
+
     def _work(self) -> None:
-        """Spend the per-call budget on queued (re)measurements."""
+        """Spend the per-call budget on a grid being built and on stale pairs."""
         budget = self._params.work_budget
-        for state in self._states():
-            redo_groups = []
-            add_groups = []
-            while state.todo and budget > 0:
-                slot, aps = state.todo.popleft()
-                if len(aps) > budget:
-                    state.todo.appendleft((slot, aps[budget:]))
-                    aps = aps[:budget]
-                budget -= len(aps)
-                keep = aps[state.sel[slot, aps]]
-                redo_groups.append((slot, keep[state.contrib[slot, keep]]))
-                add_groups.append((slot, keep, None))
-            self._unselect(state, redo_groups)
-            for slot, keep, _ in add_groups:
-                state.sel[slot, keep] = True
-            self._contribute(state, add_groups)
-        if self._next is not None and not self._next.todo:
-            self._state, self._next = self._next, None
+        if self._next is not None:
+            self._sync(self._next, budget)
+            if not self._next.pending():
+                self._state, self._next = self._next, None
+        elif self._state is not None and self._state.stale.any():
+            self._sync(self._state, budget)
 
     def _check_drift(self) -> None:
         """Re-anchor on a recent frame when the object has drifted far from the target."""
@@ -711,10 +720,18 @@ class LiveStacker:
         self._relay(synchronous=False)
 
     def _maybe_promote_reference(self) -> None:
-        """Every ``reference_interval`` admitted frames, the stack becomes the AP reference."""
-        every = self._params.reference_interval
+        """After ``reference_interval`` admitted frames, then twice as many, and so on, the
+        stack becomes the AP reference (the first promotions matter; later ones would
+        only cost work).
+
+        The pairs in the sums are then measured again against it, a bounded number per
+        call (:meth:`_work`); shifts cached for pairs not in the sums are forgotten.
+        """
+        every = self._params.reference_interval * 2 ** self._events["reference"]
         state = self._state
         if not every or self._since_reference < every or state is None or self._next:
+            return
+        if state.stale.any():
             return
         self._since_reference = 0
         image = self._blend(state)
@@ -723,10 +740,9 @@ class LiveStacker:
         lum = image if image.ndim == 2 else luminance_u8_or_f32(image)
         state.targets = make_ap_targets(lum, state.grid, self._params.local)
         self._events["reference"] += 1
-        for s in self._filled():
-            aps = np.flatnonzero(state.contrib[s])
-            if len(aps):
-                state.todo.append((int(s), aps))
+        state.stale[:] = state.contrib
+        state.measured &= state.contrib
+        state.okm &= state.contrib
 
     # ------------------------------------------------------------------ output
     def _background(self, state: _APState,
@@ -743,6 +759,7 @@ class LiveStacker:
         slots = self._filled()
         if not len(slots):
             return None
+        self._sync(state)
         background, _ = self._background(state, slots)
         patches = state.sums.mean_patches(state.grid.size)
         return blend(patches, state.grid, background, self._params.blend).image
@@ -760,13 +777,16 @@ class LiveStacker:
         if state is None or not len(slots):
             return None
         t0 = time.perf_counter()
+        self._sync(state)
+        t1 = time.perf_counter()
+        self._timing["sync"] += t1 - t0
         background, box = self._background(state, slots)
         patches = state.sums.mean_patches(state.grid.size)
         image = blend(patches, state.grid, background, self._params.blend).image
         y0, x0, y1, x1 = box
         image = np.ascontiguousarray(image[y0:y1, x0:x1])
         centres = state.grid.centres - np.array([y0, x0])
-        self._timing["snapshot"] += time.perf_counter() - t0
+        self._timing["snapshot"] += time.perf_counter() - t1
         return Snapshot(image=image, stats=self.stats(), ap_centres=centres,
                         ap_size=state.grid.size, box=box)
 
@@ -789,7 +809,7 @@ class LiveStacker:
             "aps": 0 if state is None else len(state.grid),
             "frames_per_ap": 0 if state is None else int(state.n),
             "warming_up": self._target is None,
-            "pending_work": sum(len(a) for s in self._states() for _, a in s.todo),
+            "pending_work": sum(s.pending() for s in self._states()),
             "quality": {
                 "hist": hist.tolist(),
                 "edges": edges.tolist(),
@@ -802,6 +822,22 @@ class LiveStacker:
             "timings_ms": {k: round(v * 1e3 / max(self._seen, 1), 4)
                            for k, v in self._timing.items()},
         }
+
+
+def _take(mask: np.ndarray, left: list[float]) -> list[tuple[int, np.ndarray]]:
+    """``(slot, aps)`` groups of the pairs set in ``mask``, at most ``left[0]`` of them
+    (``left[0]`` is decreased by the number taken).
+    """
+    groups = []
+    for slot in np.flatnonzero(mask.any(axis=1)):
+        if left[0] <= 0:
+            break
+        aps = np.flatnonzero(mask[slot])
+        if len(aps) > left[0]:
+            aps = aps[: int(left[0])]
+        groups.append((int(slot), aps))
+        left[0] -= len(aps)
+    return groups
 
 
 def _select_all(state: _APState) -> None:
