@@ -66,11 +66,11 @@ class LiveParams:
     """Parameters of the live stacker (CLI/config prefix ``live_`` for its own fields)."""
 
     buffer_size: int = 200  # most frames kept (bounds memory: buffer_size raw frames)
-    stack_size: str = "50%"  # frames stacked per AP: a count ("100") or a share of the buffer
+    stack_size: str = "25%"  # frames stacked per AP: a count ("100") or a share of the buffer
     window_frames: int = 0  # keep only frames among the last M received (0: no limit)
     window_seconds: float = 0.0  # keep only frames captured in the last T seconds (0: no limit)
     warmup: int = 40  # frames collected before the first reference and AP grid
-    reference_interval: int = 100  # the stack becomes the AP reference after this many admitted
+    reference_interval: int = 200  # the stack becomes the AP reference after this many admitted
     # frames, then after twice as many more, and so on (0: never)
     work_budget: int = 96  # (frame, AP) pairs re-measured per add() after a grid/reference change
     relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame

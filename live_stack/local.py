@@ -326,8 +326,14 @@ def _consistent(
     test = counts >= params.min_neighbours
     good = np.ones(len(aps), dtype=bool)
     if test.any():
-        with np.errstate(all="ignore"):
-            my = np.nanmedian(ny[test], axis=1)
-            mx = np.nanmedian(nx[test], axis=1)
+        my = _row_median(ny[test], counts[test])
+        mx = _row_median(nx[test], counts[test])
         good[test] = np.hypot(dy[test] - my, dx[test] - mx) <= params.outlier
     return good
+
+
+def _row_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Median of the finite values of each row (NaN elsewhere); ``counts`` finite per row."""
+    ordered = np.sort(values, axis=1)  # NaN sorts last
+    rows = np.arange(len(values))
+    return 0.5 * (ordered[rows, (counts - 1) // 2] + ordered[rows, counts // 2])
