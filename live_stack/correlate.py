@@ -23,9 +23,9 @@ import scipy.fft as sfft
 
 #: Small constant keeping the spectrum normalisation finite on empty frequencies.
 _EPS = 1e-12
-#: Batches at least this large use all cores for their FFTs (smaller ones pay more in
-#: thread start-up than they gain).
-_BATCH_FOR_WORKERS = 16
+#: Threads of one FFT call. Parallelism is at the level of frames (see
+#: :mod:`live_stack.parallel`); threads inside each FFT as well only oversubscribe the cores.
+FFT_WORKERS = 1
 
 
 @lru_cache(maxsize=64)
@@ -103,7 +103,7 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0) -> Target:
     if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
         raise ValueError(f"patches must be square, (m, n, n); got shape {patches.shape}")
     n = patches.shape[-1]
-    spec = sfft.rfft2(_prepare(patches), workers=-1)
+    spec = sfft.rfft2(_prepare(patches), workers=FFT_WORKERS)
     spec = np.conj(spec) / (np.abs(spec) + _EPS)
     low = gaussian_lowpass(n, peak_sigma)
     spec = (spec * low).astype(np.complex64)
@@ -164,7 +164,7 @@ def correlate(
     if patches.shape[1:] != (n, n):
         raise ValueError(f"patches must be (k, {n}, {n}) to match the target, got {patches.shape}")
     idx = np.arange(k) if index is None else np.asarray(index)
-    workers = -1 if k >= _BATCH_FOR_WORKERS else 1
+    workers = FFT_WORKERS
     spec = sfft.rfft2(_prepare(patches), workers=workers) if spectra is None else spectra
     cross = spec * target.spectrum[idx]
     cross /= np.abs(spec) + _EPS
