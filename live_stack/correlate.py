@@ -136,7 +136,6 @@ def correlate(
     *,
     index: np.ndarray | None = None,
     max_shift: float | None = None,
-    spectra: np.ndarray | None = None,
 ) -> Shifts:
     """Measure the shift of each patch against its target.
 
@@ -150,8 +149,6 @@ def correlate(
         ``(k,)`` target index of each patch; default ``arange(k)``.
     max_shift : float, optional
         Search radius in pixels; default ``n // 2 - 2``.
-    spectra : numpy.ndarray, optional
-        ``rfft2`` of the prepared patches, if the caller has it already.
 
     Returns
     -------
@@ -164,11 +161,43 @@ def correlate(
     if patches.shape[1:] != (n, n):
         raise ValueError(f"patches must be (k, {n}, {n}) to match the target, got {patches.shape}")
     idx = np.arange(k) if index is None else np.asarray(index)
-    workers = FFT_WORKERS
-    spec = sfft.rfft2(_prepare(patches), workers=workers) if spectra is None else spectra
+    spec = sfft.rfft2(_prepare(patches), workers=FFT_WORKERS)
+    return correlate_spectra(spec, target, index=idx, max_shift=max_shift)
+
+
+def correlate_spectra(
+    spectra: np.ndarray,
+    target: Target,
+    *,
+    index: np.ndarray | None = None,
+    max_shift: float | None = None,
+) -> Shifts:
+    """:func:`correlate` on patches already transformed with ``scipy.fft.rfft2``.
+
+    The patches need not be windowed (the target is): the stacker transforms each patch
+    once and uses the same spectrum to measure its shift and to stack it. Their mean is
+    ignored (the zero frequency is left out).
+
+    Parameters
+    ----------
+    spectra : numpy.ndarray
+        complex ``(k, n, n // 2 + 1)``.
+    target, index, max_shift
+        As for :func:`correlate`.
+
+    Returns
+    -------
+    Shifts
+    """
+    spec = np.asarray(spectra)
+    k, n = spec.shape[0], target.size
+    if spec.shape[1:] != (n, n // 2 + 1):
+        raise ValueError(f"spectra must be (k, {n}, {n // 2 + 1}), got {spec.shape}")
+    idx = np.arange(k) if index is None else np.asarray(index)
     cross = spec * target.spectrum[idx]
     cross /= np.abs(spec) + _EPS
-    surf = sfft.irfft2(cross, s=(n, n), workers=workers)
+    cross[:, 0, 0] = 0.0
+    surf = sfft.irfft2(cross, s=(n, n), workers=FFT_WORKERS)
     limit = n // 2 - 2 if max_shift is None else int(np.ceil(max_shift)) + 1
     limit = max(1, min(limit, n // 2 - 2))
     # the search window around zero shift, with a one-pixel rim for the sub-pixel fit
