@@ -216,6 +216,13 @@ def make_global_target(
                         coarse_box=(cy0, cx0, cside), disk=disk, params=params)
 
 
+def _analysis_luminance(frame: np.ndarray) -> np.ndarray:
+    """Luminance as uint8 (kept: fast) or float32 (anything else; getRectSubPix takes no
+    16-bit input)."""
+    lum = luminance_u8_or_f32(frame)
+    return lum if lum.dtype in (np.uint8, np.float32) else lum.astype(np.float32)
+
+
 def _coarse_field(lum: np.ndarray, d: int, y0: int, x0: int, side: int) -> np.ndarray:
     crop = lum[y0 : y0 + side * d, x0 : x0 + side * d]
     # integer input is averaged in its own type (fast) and converted once small
@@ -259,7 +266,7 @@ def measure_shifts(frames: Sequence[np.ndarray], target: GlobalTarget) -> np.nda
     numpy.ndarray
         float64 ``(k, 3)``: ``(dy, dx, strength)`` per frame, as in :func:`measure_shift`.
     """
-    lums = [luminance_u8_or_f32(f) for f in frames]
+    lums = [_analysis_luminance(f) for f in frames]
     for lum in lums:
         if lum.shape != target.shape:
             raise ValueError(f"frame is {lum.shape[1]}x{lum.shape[0]}, the target is "
