@@ -171,9 +171,10 @@ def neighbour_table(centres: np.ndarray, step: int) -> np.ndarray:
     d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(axis=2)
     np.fill_diagonal(d2, np.inf)
     limit = (1.5 * step) ** 2
-    order = np.argsort(d2, axis=1)[:, :8]
+    cols = min(8, m - 1)
+    order = np.argsort(d2, axis=1)[:, :cols]
     near = np.take_along_axis(d2, order, axis=1) <= limit
-    table[near] = order[near]
+    table[:, :cols][near] = order[near]
     return table
 
 

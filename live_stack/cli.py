@@ -16,6 +16,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "reprocess": ("live_stack.reprocess_cli:main", "stack saved SER/AVI videos and image folders"),
     "simulate": ("live_stack.simulate.cli:main", "render a simulated capture with a known truth"),
+    "master-dark": ("live_stack.calibrate_cli:dark_main", "combine dark frames into a master dark"),
+    "master-flat": ("live_stack.calibrate_cli:flat_main", "combine flat frames into a master flat"),
     "daemon": ("daemon.cli:daemon_main", "run the live stacking daemon"),
     "source": ("daemon.cli:source_main", "push frames to a daemon (folder, replay, indi)"),
     "ctl": ("daemon.cli:ctl_main", "send one control command to a daemon"),

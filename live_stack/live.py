@@ -37,6 +37,9 @@ from live_stack.align import (
     measure_shifts,
 )
 from live_stack.apgrid import APGrid, APParams, lay_grid
+from live_stack.dispersion import RGBAlignParams
+from live_stack.drizzle import DrizzleParams, crop_output, downscale, make_sums, scale_points
+from live_stack.finish import finish
 from live_stack.frames import check_frame, luminance_u8_or_f32
 from live_stack.local import (
     LocalParams,
@@ -45,9 +48,11 @@ from live_stack.local import (
     measure_many,
     parse_stack_size,
 )
+from live_stack.normalize import NormalizeParams
 from live_stack.quality import QualityMap, QualityParams, box_quality, quality_map
 from live_stack.reference import covered_box, mean_aligned
-from live_stack.stack import BlendParams, PatchSums, blend, frame_patches, shifted_spectra
+from live_stack.sharpen import SharpenParams
+from live_stack.stack import BlendParams, frame_patches
 
 #: Reasons an arriving frame is not admitted.
 DROP_REASONS = ("alignment", "quality")
@@ -81,6 +86,10 @@ class LiveParams:
     ap: APParams = field(default_factory=APParams)  # AP grid
     local: LocalParams = field(default_factory=LocalParams)  # per-AP alignment
     blend: BlendParams = field(default_factory=BlendParams)  # blending
+    drizzle: DrizzleParams = field(default_factory=DrizzleParams)  # drizzle / resampling
+    rgbalign: RGBAlignParams = field(default_factory=RGBAlignParams)  # dispersion correction
+    normalize: NormalizeParams = field(default_factory=NormalizeParams)  # output brightness
+    sharpen: SharpenParams = field(default_factory=SharpenParams)  # output sharpening (off)
 
     def __post_init__(self) -> None:
         if not 2 <= self.buffer_size <= 100_000:
@@ -112,7 +121,8 @@ class LiveParams:
 
 #: Parameter names :meth:`LiveStacker.set_param` accepts: the live fields, and the
 #: phases' fields as ``PREFIX_FIELD`` (``ap_size``, ``quality_method``, ...).
-PHASE_PREFIXES = ("quality", "align", "ap", "local", "blend")
+PHASE_PREFIXES = ("quality", "align", "ap", "local", "blend", "drizzle", "rgbalign", "normalize",
+                  "sharpen")
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,15 @@ class Snapshot:
     Attributes
     ----------
     image : numpy.ndarray
-        float32 ``[0, 1]`` ``(H, W)`` or ``(H, W, 3)``, cropped to the covered area.
+        float32 ``[0, 1]`` ``(H, W)`` or ``(H, W, 3)``, cropped to the covered area
+        (``drizzle.scale`` times the size of ``box`` with drizzle or resampling).
     stats : dict
-        msgpack-able statistics (see :meth:`LiveStacker.stats`).
+        msgpack-able statistics (see :meth:`LiveStacker.stats`); ``finish`` says what
+        the finishing steps did, when one is enabled.
     ap_centres : numpy.ndarray
         int ``(m, 2)`` ``(y, x)`` of the APs in ``image`` coordinates.
     ap_size : int
-        AP box side.
+        AP box side in ``image`` pixels.
     box : tuple
         ``(y0, x0, y1, x1)`` of the crop in the target frame's coordinates.
     """
@@ -163,11 +175,11 @@ class _APState:
     """
 
     def __init__(self, grid: APGrid, reference: np.ndarray, slots: int, channels: int,
-                 local: LocalParams) -> None:
+                 local: LocalParams, drizzle: DrizzleParams) -> None:
         m = len(grid)
         self.grid = grid
         self.targets = make_ap_targets(reference, grid, local)
-        self.sums = PatchSums(m, channels, grid.fft_size)
+        self.sums = make_sums(grid, channels, drizzle)
         self.q = np.full((slots, m), -np.inf, dtype=np.float32)
         self.sel = np.zeros((slots, m), dtype=bool)
         self.contrib = np.zeros((slots, m), dtype=bool)
@@ -292,7 +304,7 @@ class LiveStacker:
             new = dataclasses.replace(p, **{prefix: new_phase})
         self._params = new
         restart = name in ("buffer_size", "warmup") or name.startswith(
-            ("ap_", "quality_", "align_", "local_"))
+            ("ap_", "quality_", "align_", "local_", "drizzle_"))
         if restart:
             self._restart()
         return new
@@ -469,7 +481,7 @@ class LiveStacker:
         lum = ref if ref.ndim == 2 else luminance_u8_or_f32(ref)
         grid = lay_grid(lum, self._params.ap, box=box)
         state = _APState(grid, lum, self._params.buffer_size, self._channels(),
-                         self._params.local)
+                         self._params.local, self._params.drizzle)
         self._events["grid"] += 1
         for s in slots:
             self._ap_quality(state, s)
@@ -621,7 +633,7 @@ class LiveStacker:
             for slot, aps in groups])
         dy = np.concatenate([state.dy[slot, aps] for slot, aps in groups])
         dx = np.concatenate([state.dx[slot, aps] for slot, aps in groups])
-        spectra = shifted_spectra(patches, dy, dx)
+        spectra = state.sums.prepare(np.concatenate([aps for _, aps in groups]), patches, dy, dx)
         start = 0
         for slot, aps in groups:
             k = len(aps)
@@ -662,7 +674,7 @@ class LiveStacker:
             for slot, aps in parts])
         dy = np.concatenate([state.dy[slot, aps] for slot, aps in parts])
         dx = np.concatenate([state.dx[slot, aps] for slot, aps in parts])
-        spectra = shifted_spectra(patches, dy, dx)
+        spectra = state.sums.prepare(np.concatenate([aps for _, aps in parts]), patches, dy, dx)
         start = 0
         for slot, aps in parts:
             k = len(aps)
@@ -761,8 +773,9 @@ class LiveStacker:
             return None
         self._sync(state)
         background, _ = self._background(state, slots)
-        patches = state.sums.mean_patches(state.grid.size)
-        return blend(patches, state.grid, background, self._params.blend).image
+        image = state.sums.to_image(state.grid, background, self._params.blend).image
+        # a drizzled stack serves as the AP reference at the sensor's scale
+        return image if image.shape == background.shape else downscale(image, background.shape)
 
     def snapshot(self) -> Snapshot | None:
         """Blend the current stack.
@@ -781,14 +794,18 @@ class LiveStacker:
         t1 = time.perf_counter()
         self._timing["sync"] += t1 - t0
         background, box = self._background(state, slots)
-        patches = state.sums.mean_patches(state.grid.size)
-        image = blend(patches, state.grid, background, self._params.blend).image
-        y0, x0, y1, x1 = box
-        image = np.ascontiguousarray(image[y0:y1, x0:x1])
-        centres = state.grid.centres - np.array([y0, x0])
+        p = self._params
+        image, _ = crop_output(state.sums.to_image(state.grid, background, p.blend), box,
+                               p.drizzle)
+        image, notes = finish(image, rgbalign=p.rgbalign, normalize_params=p.normalize,
+                              sharpen_params=p.sharpen)
+        centres = scale_points(state.grid.centres, box, p.drizzle.scale)
         self._timing["snapshot"] += time.perf_counter() - t1
-        return Snapshot(image=image, stats=self.stats(), ap_centres=centres,
-                        ap_size=state.grid.size, box=box)
+        stats = self.stats()
+        if notes:
+            stats["finish"] = notes
+        return Snapshot(image=image, stats=stats, ap_centres=centres,
+                        ap_size=int(round(state.grid.size * p.drizzle.scale)), box=box)
 
     def stats(self) -> dict[str, Any]:
         """Counters and distributions, as plain (msgpack-able) values."""

@@ -13,11 +13,12 @@ import argparse
 import dataclasses
 import inspect
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 _COMMENT_RE = re.compile(r"^\s*(\w+)\s*:.*?#\s*(.+)$")
 

@@ -9,6 +9,10 @@
     selection = local.select(ranking, alignment, grid, counts)
     sums      = stack_aps(frames, alignment, reference, grid, selection, params.local)
     images    = stack.blend(...) per stack size, cropped to the area the frames cover
+    images    = finish.finish(image, ...): rgb-align, normalize, sharpen (all off by default)
+
+With ``params.drizzle`` the sums are drizzled onto a finer grid (or the images
+resampled), see :mod:`live_stack.drizzle`.
 
 Each phase is a plain function of the capture and the results before it; this module
 only drives them, times them, and reports progress. The live stacker drives the same
@@ -26,6 +30,9 @@ import numpy as np
 
 from live_stack.align import AlignParams, GlobalAlignment, align
 from live_stack.apgrid import APGrid, APParams, lay_grid
+from live_stack.dispersion import RGBAlignParams
+from live_stack.drizzle import DrizzleParams, DrizzleSums, crop_output, make_sums
+from live_stack.finish import finish
 from live_stack.frames import luminance_u8_or_f32
 from live_stack.local import (
     LocalParams,
@@ -36,10 +43,12 @@ from live_stack.local import (
     select,
     stack_count,
 )
+from live_stack.normalize import NormalizeParams
 from live_stack.parallel import run_in_order
 from live_stack.quality import QualityParams, Ranking, rank
 from live_stack.reference import Reference, ReferenceParams, build_reference, covered_box
-from live_stack.stack import BlendParams, PatchSums, blend, frame_spectra
+from live_stack.sharpen import SharpenParams
+from live_stack.stack import BlendParams, PatchSums, frame_patches
 
 #: ``progress(phase, done, total)``.
 PhaseProgress = Callable[[str, int, int], None]
@@ -59,6 +68,10 @@ class PipelineParams:
     blend: BlendParams = field(default_factory=BlendParams)  # blending of the AP stacks
     stack_sizes: tuple[str, ...] = ("10%",)  # frames per AP: counts ("200") or shares ("10%")
     threads: int = 2  # worker threads for the per-frame work
+    drizzle: DrizzleParams = field(default_factory=DrizzleParams)  # drizzle / resampling
+    rgbalign: RGBAlignParams = field(default_factory=RGBAlignParams)  # dispersion correction
+    normalize: NormalizeParams = field(default_factory=NormalizeParams)  # output brightness
+    sharpen: SharpenParams = field(default_factory=SharpenParams)  # output sharpening (off)
 
     def __post_init__(self) -> None:
         if not self.stack_sizes:
@@ -87,6 +100,11 @@ class StackImage:
         ``(y0, x0, y1, x1)`` of the crop in reference coordinates.
     ap_weight : numpy.ndarray
         Summed AP blending weight over the crop (1-ish inside the AP area, 0 outside).
+    notes : dict
+        What the finishing steps did (``rgb_offsets``, ``normalize``), plain values.
+
+    With drizzle or resampling, ``image`` and ``ap_weight`` are ``drizzle.scale`` times
+    the size of ``box``.
     """
 
     size: str
@@ -94,6 +112,7 @@ class StackImage:
     image: np.ndarray
     box: tuple[int, int, int, int]
     ap_weight: np.ndarray
+    notes: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,7 +158,8 @@ def stack_aps(
     *,
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[PatchSums], np.ndarray, int, int]:
+    drizzle: DrizzleParams | None = None,
+) -> tuple[list[PatchSums | DrizzleSums], np.ndarray, int, int]:
     """Measure the local shifts of the selected frames and sum their shifted patches.
 
     Frames are read once each, in capture order (cheap for video files), and only if they
@@ -149,12 +169,13 @@ def stack_aps(
     -------
     tuple
         ``(sums, used, measured, failed)``: one :class:`PatchSums` per stack size (in
-        ``selection.counts`` order), the indices of the frames that contributed, the
+        ``selection.counts`` order; :class:`~live_stack.drizzle.DrizzleSums` when
+        ``drizzle`` asks for it), the indices of the frames that contributed, the
         number of (frame, AP) shifts measured, and how many were left out.
     """
     targets = make_ap_targets(reference.luminance, grid, params)
     channels = 1 if reference.image.ndim == 2 else 3
-    sums = [PatchSums(len(grid), channels, grid.fft_size) for _ in selection.counts]
+    sums = [make_sums(grid, channels, drizzle or DrizzleParams()) for _ in selection.counts]
     todo = selection.frames()
     used = np.zeros(len(frames), dtype=bool)
     lock = threading.Lock()
@@ -169,10 +190,10 @@ def stack_aps(
         ok = shifts.ok
         measured = len(shifts.aps)
         if ok.any():
-            spectra = frame_spectra(frame, centres[ok], grid.fft_size, shifts.dy[ok],
-                                    shifts.dx[ok])
             aps_ok = shifts.aps[ok]
             dy, dx = shifts.dy[ok], shifts.dx[ok]
+            spectra = sums[0].prepare(aps_ok, frame_patches(frame, centres[ok], grid.fft_size),
+                                      dy, dx)
             ranks = rank_f[aps_ok]
         with lock:
             tally[0] += measured
@@ -249,19 +270,20 @@ def run(
     t = time.perf_counter()
     sums, used, measured, failed = stack_aps(
         frames, alignment, reference, grid, selection, params.local, threads=params.threads,
-        progress=report("stack"))
+        progress=report("stack"), drizzle=params.drizzle)
     timings["stack"] = time.perf_counter() - t
 
     t = time.perf_counter()
     contributing = np.union1d(used, reference.frames)
     box = covered_box(alignment.shifts[contributing], alignment.shape)
-    y0, x0, y1, x1 = box
     stacks = []
     for size, count, s in zip(params.stack_sizes, counts, sums, strict=True):
-        b = blend(s.mean_patches(grid.size), grid, reference.image, params.blend)
-        stacks.append(StackImage(size=size, frames_per_ap=count,
-                                 image=np.ascontiguousarray(b.image[y0:y1, x0:x1]), box=box,
-                                 ap_weight=b.ap_weight[y0:y1, x0:x1]))
+        image, ap_weight = crop_output(s.to_image(grid, reference.image, params.blend), box,
+                                       params.drizzle)
+        image, notes = finish(image, rgbalign=params.rgbalign, normalize_params=params.normalize,
+                              sharpen_params=params.sharpen)
+        stacks.append(StackImage(size=size, frames_per_ap=count, image=image, box=box,
+                                 ap_weight=ap_weight, notes=notes))
     timings["blend"] = time.perf_counter() - t
     return PipelineResult(stacks=tuple(stacks), ranking=ranking, alignment=alignment,
                           reference=reference, grid=grid, selection=selection,

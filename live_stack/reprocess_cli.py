@@ -21,11 +21,17 @@ import numpy as np
 from live_stack import __version__
 from live_stack.align import AlignParams
 from live_stack.apgrid import APParams
+from live_stack.calibrate import CalibParams, Calibration, calibrate_source, load_calibration
+from live_stack.colour import ColourParams, debayer_source
+from live_stack.dispersion import RGBAlignParams
+from live_stack.drizzle import DrizzleParams
 from live_stack.local import LocalParams, parse_stack_size
+from live_stack.normalize import NormalizeParams
 from live_stack.options import add_options, as_dict, build, known_keys, load_config
 from live_stack.pipeline import PHASES, PipelineParams, PipelineResult, run
 from live_stack.quality import QualityParams
 from live_stack.reference import ReferenceParams
+from live_stack.sharpen import SharpenParams
 from live_stack.stack import BlendParams
 
 #: prefix -> parameter dataclass, in pipeline order.
@@ -36,6 +42,16 @@ SPECS: dict[str, type] = {
     "ap": APParams,
     "local": LocalParams,
     "blend": BlendParams,
+    "drizzle": DrizzleParams,
+    "rgbalign": RGBAlignParams,
+    "normalize": NormalizeParams,
+    "sharpen": SharpenParams,
+}
+#: prefix -> parameter dataclass of what is done to each source's frames before the
+#: pipeline (calibration, then debayering).
+SOURCE_SPECS: dict[str, type] = {
+    "calib": CalibParams,
+    "colour": ColourParams,
 }
 OUTPUT_SUFFIXES = (".tif", ".tiff", ".png", ".fits", ".fit", ".fts")
 PROG = "live-stack reprocess"
@@ -62,18 +78,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("tif", "png", "fits"), default=None,
                    help="output format when -o is not a file name (default: tif)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    for prefix, cls in SPECS.items():
+    p.add_argument("--dark", metavar="FILE", default=None,
+                   help="master dark subtracted from every frame (same as --calib-dark)")
+    p.add_argument("--flat", metavar="FILE", default=None,
+                   help="master flat divided out of every frame (same as --calib-flat)")
+    p.add_argument("--rgb-align", action="store_true", default=None,
+                   help="remove the red/blue offsets of atmospheric dispersion "
+                        "(same as --rgbalign-enabled)")
+    for prefix, cls in {**SOURCE_SPECS, **SPECS}.items():
         add_options(p, cls, prefix)
     return p
 
 
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """Parsed options, with the short aliases (--mode, --dark, ...) under their full names."""
+    given = vars(args).copy()
+    aliases = {"mode": "align_mode", "dark": "calib_dark", "flat": "calib_flat",
+               "rgb_align": "rgbalign_enabled"}
+    for alias, name in aliases.items():
+        if getattr(args, alias, None) is not None:
+            given[name] = getattr(args, alias)
+    return given
+
+
+def source_params_from(args: argparse.Namespace) -> tuple[CalibParams, ColourParams]:
+    """The calibration and colour parameters from parsed arguments and the config file."""
+    known = known_keys(SPECS) | known_keys(SOURCE_SPECS) | {"stack", "threads"}
+    config = load_config(args.config, known=known) if args.config else {}
+    given = _given(args)
+    return (build(CalibParams, "calib", given, config),
+            build(ColourParams, "colour", given, config))
+
+
 def params_from(args: argparse.Namespace) -> PipelineParams:
     """Build the pipeline parameters from parsed arguments and the config file."""
-    known = known_keys(SPECS) | {"stack", "threads"}
+    known = known_keys(SPECS) | known_keys(SOURCE_SPECS) | {"stack", "threads"}
     config = load_config(args.config, known=known) if args.config else {}
-    given = vars(args).copy()
-    if args.mode is not None:
-        given["align_mode"] = args.mode
+    given = _given(args)
     phases = {prefix: build(cls, prefix, given, config) for prefix, cls in SPECS.items()}
     sizes = args.stack if args.stack is not None else config.get("stack", ["10%"])
     if isinstance(sizes, str):
@@ -165,13 +206,20 @@ def depth_gain(dtype: np.dtype, bit_depth: int) -> float:
     return 1.0
 
 
-def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bool) -> dict:
-    """Stack one input and write its images; return its summary."""
+def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bool,
+            calibration: Calibration | None = None, colour: ColourParams | None = None) -> dict:
+    """Stack one input and write its images; return its summary.
+
+    The frames are calibrated (``calibration``) and then debayered if the source is a
+    raw Bayer capture (``colour``) before the pipeline sees them.
+    """
     from live_stack.io import open_source
     from live_stack.io.images import write_image
 
+    colour = colour or ColourParams()
     t0 = time.perf_counter()
-    with open_source(path) as src:
+    with open_source(path) as raw:
+        src = debayer_source(calibrate_source(raw, calibration), colour)
         info = src.info
         bars = _Bars(not quiet and sys.stderr.isatty(), Path(path).name)
         try:
@@ -184,14 +232,17 @@ def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bo
         "input": os.path.basename(path),
         "input_frames": len(result.ranking.quality),
         "input_size": [info.width, info.height],
-        "input_layout": info.layout,
+        "input_layout": raw.info.layout,
         "parameters": {prefix: as_dict(getattr(params, prefix)) for prefix in SPECS},
+        "colour": dict(as_dict(colour), debayered=info.layout != raw.info.layout),
+        "calibration": calibration.describe() if calibration is not None else {},
         "summary": summary,
     }
-    gain = depth_gain(info.dtype, info.bit_depth)
+    # a normalised stack has its brightness set already
+    gain = 1.0 if params.normalize.enabled else depth_gain(info.dtype, info.bit_depth)
     for stack, out in zip(result.stacks, outputs, strict=True):
         meta = dict(meta_common, stack_size=stack.size, frames_per_ap=stack.frames_per_ap,
-                    crop_box=list(stack.box), output_gain=gain)
+                    crop_box=list(stack.box), output_gain=gain, finish=stack.notes)
         write_image(out, stack.image * np.float32(gain) if gain != 1.0 else stack.image,
                     metadata=meta)
     summary["outputs"] = [str(o) for o in outputs]
@@ -217,17 +268,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         params = params_from(args)
-        inputs = expand_inputs(args.inputs)
+        calib, colour = source_params_from(args)
+        calibration = load_calibration(calib)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    many = len(inputs) > 1
+    inputs: list[str] = []
     failures = 0
+    for item in args.inputs:  # a pattern that matches nothing fails alone, as a missing file
+        try:
+            inputs.extend(expand_inputs([item]))
+        except ValueError as exc:
+            failures += 1
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+    total = len(inputs) + failures
+    many = total > 1
     results = {}
     for path in inputs:
         try:
             outputs = output_paths(path, args.output, params.stack_sizes, args.format, many)
-            summary = process(path, params, outputs, quiet=args.quiet)
+            summary = process(path, params, outputs, quiet=args.quiet,
+                              calibration=calibration, colour=colour)
         except (ValueError, OSError) as exc:
             failures += 1
             print(f"{PROG}: error: {path}: {exc}" if path not in str(exc) else
@@ -236,6 +297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[path] = summary
         print_summary(path, summary)
     if many:
-        print(f"{len(results)} of {len(inputs)} inputs stacked"
+        print(f"{len(results)} of {total} inputs stacked"
               + (f", {failures} failed" if failures else ""))
     return 1 if failures else 0

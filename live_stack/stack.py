@@ -82,6 +82,15 @@ class PatchSums:
         self.shift_sums[aps, 0] += sign * np.asarray(dy, dtype=np.float64)
         self.shift_sums[aps, 1] += sign * np.asarray(dx, dtype=np.float64)
 
+    def prepare(self, aps: np.ndarray, patches: np.ndarray, dy: np.ndarray,
+                dx: np.ndarray) -> np.ndarray:
+        """What :meth:`add` takes for patches ``(k, C, N, N)``: their shifted spectra.
+
+        ``aps`` (each patch's AP) is not needed here; the drizzle accumulator with the
+        same interface (:class:`live_stack.drizzle.DrizzleSums`) needs it.
+        """
+        return shifted_spectra(patches, dy, dx)
+
     def mean_patches(self, box: int) -> np.ndarray:
         """float32 ``(m, C, box, box)``: each AP's mean patch, margin cropped (NaN if empty).
 
@@ -102,6 +111,11 @@ class PatchSums:
             mg = (self.size - box) // 2
             out[have] = pix[:, :, mg : mg + box, mg : mg + box]
         return out
+
+    def to_image(self, grid: APGrid, reference: np.ndarray,
+                 params: BlendParams = BlendParams()) -> Blend:
+        """Blend the APs' mean patches into one image (see :func:`blend`)."""
+        return blend(self.mean_patches(grid.size), grid, reference, params)
 
 
 def frame_spectra(
