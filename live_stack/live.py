@@ -37,6 +37,7 @@ from live_stack.align import (
     measure_shifts,
 )
 from live_stack.apgrid import APGrid, APParams, lay_grid
+from live_stack.correlate import correlate_spectra
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams, crop_output, downscale, make_sums, scale_points
 from live_stack.finish import finish
@@ -44,15 +45,15 @@ from live_stack.frames import check_frame, luminance_u8_or_f32
 from live_stack.local import (
     LocalParams,
     inside,
+    judge,
     make_ap_targets,
-    measure_many,
     parse_stack_size,
 )
 from live_stack.normalize import NormalizeParams
 from live_stack.quality import QualityMap, QualityParams, box_quality, quality_map
 from live_stack.reference import covered_box, mean_aligned
 from live_stack.sharpen import SharpenParams
-from live_stack.stack import BlendParams, frame_patches
+from live_stack.stack import BlendParams, frame_patches, patch_spectra
 
 #: Reasons an arriving frame is not admitted.
 DROP_REASONS = ("alignment", "quality")
@@ -644,44 +645,57 @@ class LiveStacker:
             start += k
 
     def _add(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums."""
-        groups = [(slot, aps) for slot, aps in groups if len(aps)]
-        if not groups:
-            return
-        todo = [(slot, aps[~state.measured[slot, aps]]) for slot, aps in groups]
-        todo = [(slot, aps) for slot, aps in todo if len(aps)]
-        if todo:
-            results = measure_many(
-                [(luminance_u8_or_f32(self._frames[slot]), self._shift_in(state, slot), aps)
-                 for slot, aps in todo], state.grid, state.targets, self._params.local)
-            for (slot, aps), (shifts, _) in zip(todo, results, strict=True):
-                self._local_measured += len(aps)
-                state.measured[slot, aps] = True
-                state.okm[slot, aps] = False
-                state.okm[slot, shifts.aps[shifts.ok]] = True
-                state.dy[slot, shifts.aps] = shifts.dy
-                state.dx[slot, shifts.aps] = shifts.dx
-                self._local_failed += len(aps) - int(shifts.ok.sum())
-        parts = [(slot, aps[state.okm[slot, aps]]) for slot, aps in groups]
-        parts = [(slot, aps) for slot, aps in parts if len(aps)]
-        if not parts:
-            return
+        """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums.
+
+        Every patch is transformed once; the transform serves both the measurement and
+        the stacking.
+        """
         grid = state.grid
-        patches = np.concatenate([
-            frame_patches(self._frames[slot],
-                          grid.centres[aps] + np.rint(self._shift_in(state, slot)).astype(np.intp),
-                          grid.fft_size)
-            for slot, aps in parts])
-        dy = np.concatenate([state.dy[slot, aps] for slot, aps in parts])
-        dx = np.concatenate([state.dx[slot, aps] for slot, aps in parts])
-        spectra = state.sums.prepare(np.concatenate([aps for _, aps in parts]), patches, dy, dx)
-        start = 0
-        for slot, aps in parts:
-            k = len(aps)
-            state.sums.add(aps, spectra[start : start + k], dy[start : start + k],
-                           dx[start : start + k])
+        cuts = []
+        for slot, aps in groups:
+            aps = aps[~(state.measured[slot, aps] & ~state.okm[slot, aps])]
+            centres = grid.centres[aps] + np.rint(self._shift_in(state, slot)).astype(np.intp)
+            fits = inside(centres, grid.fft_size, self._shape)
+            # patches that left the frame (after a re-anchor) count as failed
+            state.measured[slot, aps[~fits]] = True
+            state.okm[slot, aps[~fits]] = False
+            if fits.any():
+                cuts.append((slot, aps[fits], centres[fits]))
+        if not cuts:
+            return
+        patches = np.concatenate([frame_patches(self._frames[slot], centres, grid.fft_size)
+                                  for slot, _, centres in cuts])
+        spec, lum = patch_spectra(patches)
+        pair_aps = np.concatenate([aps for _, aps, _ in cuts])
+        pair_slot = np.concatenate([np.full(len(aps), slot) for slot, aps, _ in cuts])
+        new = ~state.measured[pair_slot, pair_aps]
+        if new.any():
+            r = correlate_spectra(lum[new], state.targets, index=pair_aps[new],
+                                  max_shift=grid.search)
+            where = np.flatnonzero(new)
+            for slot in np.unique(pair_slot[new]):
+                mine = pair_slot[where] == slot
+                aps = pair_aps[where[mine]]
+                ok = judge(r.dy[mine], r.dx[mine], r.strength[mine], aps, grid,
+                           self._params.local)
+                state.measured[slot, aps] = True
+                state.okm[slot, aps] = ok
+                state.dy[slot, aps] = r.dy[mine]
+                state.dx[slot, aps] = r.dx[mine]
+                self._local_measured += len(aps)
+                self._local_failed += int((~ok).sum())
+        use = state.okm[pair_slot, pair_aps]
+        if not use.any():
+            return
+        dy = state.dy[pair_slot[use], pair_aps[use]]
+        dx = state.dx[pair_slot[use], pair_aps[use]]
+        spectra = state.sums.prepare(pair_aps[use], patches[use], dy, dx, spectra=spec[use])
+        idx = np.flatnonzero(use)
+        for slot in np.unique(pair_slot[use]):
+            mine = pair_slot[idx] == slot
+            aps = pair_aps[idx[mine]]
+            state.sums.add(aps, spectra[mine], dy[mine], dx[mine])
             state.contrib[slot, aps] = True
-            start += k
 
     def _sync(self, state: _APState, budget: int | None = None) -> None:
         """Apply the net selection changes (and stale re-measurements) to the sums.

@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from live_stack.align import GlobalAlignment
 from live_stack.apgrid import APGrid
-from live_stack.correlate import Shifts, Target, correlate, make_target
+from live_stack.correlate import Shifts, Target, correlate, correlate_spectra, make_target
 from live_stack.quality import Ranking, box_quality
 
 #: Frames whose box-quality table is built at once (bounds memory on long captures).
@@ -298,11 +298,55 @@ def measure_many(
             continue
         dy, dx, strength = (v[start : start + k] for v in (r.dy, r.dx, r.strength))
         start += k
-        ok = ((strength >= params.min_strength) & (np.abs(dy) < grid.search)
-              & (np.abs(dx) < grid.search))
-        ok &= _consistent(grid, aps, dy, dx, ok, params)
+        ok = judge(dy, dx, strength, aps, grid, params)
         out.append((LocalShifts(aps, offset, dy, dx, ok, strength), centres))
     return out
+
+
+def measure_spectra(
+    spectra: np.ndarray,
+    aps: np.ndarray,
+    grid: APGrid,
+    targets: Target,
+    params: LocalParams,
+) -> LocalShifts:
+    """Measure one frame's shifts at ``aps`` from its patches' luminance spectra.
+
+    The stacker transforms each patch once and uses the spectrum both here and for
+    stacking (see :func:`live_stack.correlate.correlate_spectra`).
+
+    Parameters
+    ----------
+    spectra : numpy.ndarray
+        complex ``(k, N, N // 2 + 1)`` ``rfft2`` of the luminance patches cut at the
+        APs' centres plus the frame's integer global offset.
+    aps : numpy.ndarray
+        ``(k,)`` their APs (each at most once).
+    grid, targets, params
+        As for :func:`measure`.
+
+    Returns
+    -------
+    LocalShifts
+        ``offset`` is left zero (the caller knows where it cut the patches).
+    """
+    aps = np.asarray(aps, dtype=np.intp)
+    r = correlate_spectra(spectra, targets, index=aps, max_shift=grid.search)
+    ok = judge(r.dy, r.dx, r.strength, aps, grid, params)
+    return LocalShifts(aps, np.zeros(2, dtype=np.intp), r.dy, r.dx, ok, r.strength)
+
+
+def judge(dy: np.ndarray, dx: np.ndarray, strength: np.ndarray, aps: np.ndarray, grid: APGrid,
+          params: LocalParams) -> np.ndarray:
+    """Which of one frame's measured AP shifts to trust.
+
+    A shift is left out when its correlation peak is weak, when it reaches the search
+    limit, or when it is further than ``params.outlier`` from the median of its grid
+    neighbours' shifts in the same frame.
+    """
+    ok = ((strength >= params.min_strength) & (np.abs(dy) < grid.search)
+          & (np.abs(dx) < grid.search))
+    return ok & _consistent(grid, aps, dy, dx, ok, params)
 
 
 def _consistent(

@@ -33,12 +33,12 @@ from live_stack.apgrid import APGrid, APParams, lay_grid
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams, DrizzleSums, crop_output, make_sums
 from live_stack.finish import finish
-from live_stack.frames import luminance_u8_or_f32
 from live_stack.local import (
     LocalParams,
     Selection,
+    inside,
     make_ap_targets,
-    measure,
+    measure_spectra,
     parse_stack_size,
     select,
     stack_count,
@@ -48,7 +48,7 @@ from live_stack.parallel import run_in_order
 from live_stack.quality import QualityParams, Ranking, rank
 from live_stack.reference import Reference, ReferenceParams, build_reference, covered_box
 from live_stack.sharpen import SharpenParams
-from live_stack.stack import BlendParams, PatchSums, frame_patches
+from live_stack.stack import BlendParams, PatchSums, frame_patches, patch_spectra
 
 #: ``progress(phase, done, total)``.
 PhaseProgress = Callable[[str, int, int], None]
@@ -185,15 +185,20 @@ def stack_aps(
         f, frame = item
         rank_f = selection.rank[f]
         aps = np.flatnonzero(rank_f >= 0)
-        shifts, centres = measure(luminance_u8_or_f32(frame), alignment.shifts[f], aps, grid,
-                                  targets, params)
-        ok = shifts.ok
-        measured = len(shifts.aps)
+        centres = grid.centres[aps] + np.rint(alignment.shifts[f]).astype(np.intp)
+        fits = inside(centres, grid.fft_size, frame.shape)
+        aps, centres = aps[fits], centres[fits]
+        measured = len(aps)
+        ok = np.zeros(0, dtype=bool)
+        if measured:
+            patches = frame_patches(frame, centres, grid.fft_size)
+            spec, lum = patch_spectra(patches)
+            shifts = measure_spectra(lum, aps, grid, targets, params)
+            ok = shifts.ok
         if ok.any():
-            aps_ok = shifts.aps[ok]
+            aps_ok = aps[ok]
             dy, dx = shifts.dy[ok], shifts.dx[ok]
-            spectra = sums[0].prepare(aps_ok, frame_patches(frame, centres[ok], grid.fft_size),
-                                      dy, dx)
+            spectra = sums[0].prepare(aps_ok, patches[ok], dy, dx, spectra=spec[ok])
             ranks = rank_f[aps_ok]
         with lock:
             tally[0] += measured

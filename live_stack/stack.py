@@ -24,8 +24,8 @@ import numpy as np
 import scipy.fft as sfft
 
 from live_stack.apgrid import APGrid
-from live_stack.correlate import fourier_shift
-from live_stack.frames import INTEGER_SCALE
+from live_stack.correlate import FFT_WORKERS, fourier_shift
+from live_stack.frames import INTEGER_SCALE, LUMA_WEIGHTS
 from live_stack.local import extract
 
 #: AP coverage (summed bump weights) at and above which the reference gets no weight.
@@ -83,13 +83,17 @@ class PatchSums:
         self.shift_sums[aps, 1] += sign * np.asarray(dx, dtype=np.float64)
 
     def prepare(self, aps: np.ndarray, patches: np.ndarray, dy: np.ndarray,
-                dx: np.ndarray) -> np.ndarray:
+                dx: np.ndarray, *, spectra: np.ndarray | None = None) -> np.ndarray:
         """What :meth:`add` takes for patches ``(k, C, N, N)``: their shifted spectra.
 
-        ``aps`` (each patch's AP) is not needed here; the drizzle accumulator with the
-        same interface (:class:`live_stack.drizzle.DrizzleSums`) needs it.
+        ``spectra``, the patches' ``rfft2`` if the caller has it (see
+        :func:`patch_spectra`), saves transforming them again. ``aps`` (each patch's AP)
+        is not needed here; the drizzle accumulator with the same interface
+        (:class:`live_stack.drizzle.DrizzleSums`) needs it.
         """
-        return shifted_spectra(patches, dy, dx)
+        if spectra is None:
+            return shifted_spectra(patches, dy, dx)
+        return fourier_shift(spectra, dy, dx)
 
     def mean_patches(self, box: int) -> np.ndarray:
         """float32 ``(m, C, box, box)``: each AP's mean patch, margin cropped (NaN if empty).
@@ -150,10 +154,28 @@ def frame_patches(frame: np.ndarray, centres: np.ndarray, size: int) -> np.ndarr
     return patches.astype(np.float32) * scale
 
 
+def patch_spectra(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rfft2`` of patches ``(k, C, N, N)``, and the spectra of their luminance.
+
+    The transform is linear, so the luminance spectrum is the weighted sum of the
+    channels' spectra; one transform serves both measuring and stacking.
+
+    Returns
+    -------
+    tuple
+        complex64 ``(k, C, N, N // 2 + 1)`` and ``(k, N, N // 2 + 1)``.
+    """
+    spec = sfft.rfft2(patches.astype(np.float32, copy=False), workers=FFT_WORKERS)
+    spec = spec.astype(np.complex64, copy=False)
+    if spec.shape[1] == 1:
+        return spec, spec[:, 0]
+    lum = np.tensordot(spec, LUMA_WEIGHTS.astype(np.complex64), axes=([1], [0]))
+    return spec, lum
+
+
 def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Spectra of patches ``(k, C, N, N)`` with the shifts ``(dy, dx)`` undone."""
-    spec = sfft.rfft2(patches.astype(np.float32, copy=False), workers=-1 if len(patches) > 15
-                      else 1)
+    spec = sfft.rfft2(patches.astype(np.float32, copy=False), workers=FFT_WORKERS)
     return fourier_shift(spec.astype(np.complex64, copy=False), dy, dx)
 
 
