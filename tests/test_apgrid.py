@@ -1,0 +1,128 @@
+"""The AP grid: sky and flat areas left out, inside the box, neighbour table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from live_stack.apgrid import APGrid, APParams, lay_grid, neighbour_table
+
+H, W = 240, 320
+
+
+def _boxes(grid: APGrid) -> list[tuple[slice, slice]]:
+    return [(slice(y0, y1), slice(x0, x1)) for y0, x0, y1, x1 in grid.boxes.astype(int)]
+
+
+@pytest.fixture(scope="module")
+def planet(scene_canvas):
+    return scene_canvas("planet", W, H)
+
+
+@pytest.fixture(scope="module")
+def moon(scene_canvas):
+    return scene_canvas("moon", W, H)
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_planet_grid_leaves_out_the_sky(planet, size) -> None:
+    grid = lay_grid(planet, APParams(size=size))
+    sky_level = 0.02 * float(planet.max())
+    disk = planet > 0.1 * float(planet.max())
+    assert len(grid) >= 4
+    assert grid.dropped_dim > 0
+    for box in _boxes(grid):
+        assert planet[box].max() > sky_level  # no AP box is all dark sky
+        assert disk[box].any()  # every AP overlaps the disk
+    # the kept APs sit on the disk, the sky's corners get none
+    cy, cx = grid.centres[:, 0], grid.centres[:, 1]
+    assert np.all(disk[cy, cx] | (np.hypot(cy - H / 2, cx - W / 2) < 0.3 * H))
+
+
+def test_flat_boxes_are_dropped(moon) -> None:
+    image = moon.copy()
+    image[:, W // 2 :] = 0.6  # bright but featureless right half
+    grid = lay_grid(image, APParams(size=32))
+    assert grid.dropped_flat > 0 and grid.dropped_dim == 0
+    assert np.all(grid.boxes[:, 1] < W // 2)  # no kept AP lies wholly in the flat half
+    # the threshold is a parameter: with none, the flat APs are kept
+    everything = lay_grid(image, APParams(size=32, min_structure=0.0))
+    assert len(everything) == len(grid) + grid.dropped_flat
+
+
+def test_dim_threshold_is_a_parameter(planet) -> None:
+    loose = lay_grid(planet, APParams(size=32, min_brightness=0.0, min_structure=0.0))
+    strict = lay_grid(planet, APParams(size=32, min_brightness=0.3))
+    assert loose.dropped_dim == 0 and strict.dropped_dim > 0
+    assert len(strict) < len(loose)
+
+
+@pytest.mark.parametrize("box", [(20, 30, 200, 290), (0, 0, H, W), (50, 60, 190, 230)])
+def test_grid_stays_inside_the_box(moon, box) -> None:
+    params = APParams(size=32, search=6)
+    grid = lay_grid(moon, params, box=box)
+    y0, x0, y1, x1 = box
+    half = grid.fft_size // 2
+    assert len(grid) > 0
+    assert np.all(grid.centres[:, 0] - half >= y0) and np.all(grid.centres[:, 0] + half <= y1)
+    assert np.all(grid.centres[:, 1] - half >= x0) and np.all(grid.centres[:, 1] + half <= x1)
+    assert grid.shape == (H, W) and grid.size == 32 and grid.search == 6
+    assert grid.fft_size == 32 + 2 * 6
+
+
+def test_grid_spacing_and_empty_box(moon) -> None:
+    params = APParams(size=40, min_structure=0.0, min_brightness=0.0)
+    grid = lay_grid(moon, params)
+    assert params.spacing == 30
+    ys, xs = np.unique(grid.centres[:, 0]), np.unique(grid.centres[:, 1])
+    assert set(np.diff(ys)) == {30} and set(np.diff(xs)) == {30}
+    assert len(grid) == len(ys) * len(xs)  # a full rectangular grid
+    tiny = lay_grid(moon, params, box=(0, 0, 40, 40))  # smaller than one patch
+    assert len(tiny) == 0 and tiny.centres.shape == (0, 2)
+
+
+def test_neighbour_table_of_a_full_grid(moon) -> None:
+    params = APParams(size=32, step=24, min_structure=0.0, min_brightness=0.0)
+    grid = lay_grid(moon, params)
+    table = grid.neighbours
+    assert table.shape == (len(grid), 8)
+    pos = grid.centres.astype(float)
+    for a in range(len(grid)):
+        d = np.hypot(*(pos - pos[a]).T)
+        expected = set(np.flatnonzero((d > 0) & (d <= 1.5 * 24)))
+        got = set(table[a][table[a] >= 0])
+        assert got == expected
+        for b in got:  # symmetric
+            assert a in table[b]
+    counts = (table >= 0).sum(axis=1)
+    assert counts.min() == 3 and counts.max() == 8  # corners and the interior
+
+
+def test_neighbour_table_single_ap() -> None:
+    assert (neighbour_table(np.array([[10, 10]]), 8) == -1).all()
+    assert neighbour_table(np.zeros((0, 2), np.intp), 8).shape == (0, 8)
+
+
+def test_grid_with_a_few_aps(planet) -> None:
+    """2..8 APs: fewer candidates than table columns (once an IndexError)."""
+    t = neighbour_table(np.array([[10, 10], [10, 18], [10, 100]]), 8)
+    assert list(t[0][t[0] >= 0]) == [1] and list(t[2][t[2] >= 0]) == []
+    grid = lay_grid(planet, APParams(size=64))
+    assert 2 <= len(grid) <= 8
+    assert grid.neighbours.shape == (len(grid), 8)
+
+
+def test_lay_grid_rejects_a_colour_reference(moon) -> None:
+    with pytest.raises(ValueError, match="reference"):
+        lay_grid(np.stack([moon] * 3, axis=-1))
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"size": 15}, "ap_size"), ({"size": 47}, "ap_size"), ({"size": 600}, "ap_size"),
+    ({"step": 2}, "ap_step"), ({"step": 100}, "ap_step"), ({"search": 0}, "ap_search"),
+    ({"size": 32, "search": 17}, "ap_search"), ({"min_brightness": 1.0}, "ap_min_brightness"),
+    ({"min_structure": -0.1}, "ap_min_structure"),
+])
+def test_params_validation_names_the_field(kwargs, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        APParams(**kwargs)

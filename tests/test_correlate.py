@@ -1,0 +1,145 @@
+"""Band-limited phase correlation: sub-pixel shifts with known answers, strengths, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from live_stack.correlate import correlate, correlate_spectra, fourier_shift, make_target
+
+#: Patch side of the correlation tests.
+N = 128
+#: Noise (fraction of full scale) added to the shifted patches.
+NOISE = 0.01
+#: Largest error of a recovered sub-pixel shift, pixels.
+TOL = 0.1
+
+SHIFTS = [(0.0, 0.0), (0.3, -0.7), (0.5, 0.5), (-2.25, 1.6), (7.45, -11.8), (-20.1, 17.35)]
+
+
+@pytest.fixture(scope="module")
+def moon(scene_canvas):
+    return scene_canvas("moon", 400, 400)
+
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "uint16"])
+@pytest.mark.parametrize(("dy", "dx"), SHIFTS)
+def test_subpixel_shift_recovered(moon, shifted_view, as_dtype, dtype, dy, dx) -> None:
+    target = make_target(shifted_view(moon, 0.0, 0.0, (N, N)))
+    frame = as_dtype(shifted_view(moon, dy, dx, (N, N), noise=NOISE, seed=3), dtype)
+    r = correlate(frame, target)
+    assert r.dy[0] == pytest.approx(dy, abs=TOL)
+    assert r.dx[0] == pytest.approx(dx, abs=TOL)
+    assert r.strength[0] > 0.3
+
+
+def test_subpixel_precision_over_many_fractions(moon, shifted_view) -> None:
+    """No bias towards whole pixels: errors stay small over a sweep of fractions."""
+    target = make_target(shifted_view(moon, 0.0, 0.0, (N, N)))
+    fractions = np.linspace(-1.0, 1.0, 17)
+    frames = np.stack([shifted_view(moon, f, -0.5 * f, (N, N), noise=NOISE, seed=i)
+                       for i, f in enumerate(fractions)])
+    r = correlate(frames, target, index=np.zeros(len(frames), dtype=np.intp))
+    err = np.hypot(r.dy - fractions, r.dx + 0.5 * fractions)
+    assert err.max() < TOL
+    assert np.sqrt(np.mean(err**2)) < TOL / 2
+
+
+def test_batch_with_index_compares_each_patch_with_its_target(moon, shifted_view) -> None:
+    regions = [(-100, -100), (-100, 100), (100, 0)]  # three different parts of the scene
+    targets = np.stack([shifted_view(moon, ry, rx, (N, N)) for ry, rx in regions])
+    t = make_target(targets)
+    true = [(1.25, -0.5), (-3.4, 2.2), (0.6, 5.1), (2.0, 2.0)]
+    index = np.array([2, 0, 1, 2])
+    frames = np.stack([shifted_view(moon, regions[i][0] + sy, regions[i][1] + sx, (N, N),
+                                    noise=NOISE, seed=k)
+                       for k, (i, (sy, sx)) in enumerate(zip(index, true, strict=True))])
+    r = correlate(frames, t, index=index)
+    assert np.allclose(r.dy, [s[0] for s in true], atol=TOL)
+    assert np.allclose(r.dx, [s[1] for s in true], atol=TOL)
+    # the same patches against the wrong targets: weak peaks
+    wrong = correlate(frames, t, index=(index + 1) % 3)
+    assert wrong.strength.max() < 0.5 * r.strength.min()
+
+
+def test_strength_high_for_same_low_for_unrelated(moon, shifted_view) -> None:
+    ref = shifted_view(moon, 0.0, 0.0, (N, N))
+    t = make_target(ref)
+    same = correlate(ref, t)
+    assert same.strength[0] == pytest.approx(1.0, abs=0.05)
+    assert same.dy[0] == pytest.approx(0.0, abs=0.01) and same.dx[0] == pytest.approx(0.0, abs=0.01)
+    noise = np.random.default_rng(5).normal(0.5, 0.1, (N, N))
+    other = shifted_view(moon, 110.0, -115.0, (N, N))  # another region of the scene
+    r = correlate(np.stack([noise, other]), t, index=np.zeros(2, dtype=np.intp))
+    assert r.strength.max() < 0.15
+
+
+def test_max_shift_bounds_the_search(moon, shifted_view) -> None:
+    t = make_target(shifted_view(moon, 0.0, 0.0, (N, N)))
+    frame = shifted_view(moon, 10.0, 0.0, (N, N))
+    assert correlate(frame, t).dy[0] == pytest.approx(10.0, abs=TOL)
+    limited = correlate(frame, t, max_shift=4)
+    assert abs(limited.dy[0]) <= 5.5  # the peak is not found beyond the radius (+1 px rim)
+
+
+@pytest.mark.parametrize(("dy", "dx"), [(0.0, 0.0), (1.3, -2.7), (-6.45, 4.2)])
+def test_correlate_spectra_of_unwindowed_patches(moon, shifted_view, dy, dx) -> None:
+    """The stacker's path: one rfft2 of the raw patch serves both measuring and stacking."""
+    t = make_target(shifted_view(moon, 0.0, 0.0, (N, N)))
+    frame = shifted_view(moon, dy, dx, (N, N), noise=NOISE, seed=4)[None]
+    r = correlate_spectra(sfft.rfft2(frame), t)
+    assert r.dy[0] == pytest.approx(dy, abs=TOL) and r.dx[0] == pytest.approx(dx, abs=TOL)
+    # the unwindowed patch's edges leak: a lower peak than correlate's, still well clear
+    # of unrelated content
+    assert r.strength[0] > 0.3
+    other = shifted_view(moon, 100.0, -100.0, (N, N))[None]
+    assert correlate_spectra(sfft.rfft2(other), t).strength[0] < 0.15
+    with pytest.raises(ValueError, match="spectra"):
+        correlate_spectra(np.zeros((1, N, N), np.complex64), t)
+
+
+@pytest.mark.parametrize(("dy", "dx"), [(3, -2), (-5, 7)])
+def test_fourier_shift_whole_pixels_is_a_roll(dy, dx) -> None:
+    rng = np.random.default_rng(1)
+    patch = rng.random((2, 32, 32)).astype(np.float32)
+    spec = sfft.rfft2(patch).astype(np.complex64)
+    out = sfft.irfft2(fourier_shift(spec, np.full(2, dy), np.full(2, dx)), s=(32, 32))
+    # the spectrum of patch(y + dy, x + dx)
+    assert np.allclose(out, np.roll(patch, (-dy, -dx), axis=(1, 2)), atol=1e-5)
+
+
+def test_fourier_shift_undone_exactly() -> None:
+    rng = np.random.default_rng(2)
+    patch = rng.random((3, 1, 40, 40)).astype(np.float32)  # (k, C, n, n) layout works too
+    spec = sfft.rfft2(patch).astype(np.complex64)
+    dy, dx = np.array([0.3, -1.7, 2.5]), np.array([-0.45, 0.9, 3.25])
+    there = fourier_shift(spec, dy, dx)
+    back = sfft.irfft2(fourier_shift(there, -dy, -dx), s=(40, 40))
+    assert np.allclose(back, patch, atol=1e-5)
+    # a genuine fractional shift changes the pixels
+    assert not np.allclose(sfft.irfft2(there, s=(40, 40)), patch, atol=1e-2)
+
+
+def test_correlation_measures_what_fourier_shift_undoes(moon, shifted_view) -> None:
+    """The two conventions agree: undoing a measured shift re-aligns the patch."""
+    ref = shifted_view(moon, 0.0, 0.0, (N, N))
+    frame = shifted_view(moon, 2.3, -1.6, (N, N))
+    r = correlate(frame, make_target(ref))
+    spec = sfft.rfft2(frame[None])
+    undone = sfft.irfft2(fourier_shift(spec, r.dy, r.dx), s=(N, N))[0]
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.abs(undone[inner] - ref[inner]).mean() < 0.02 * np.abs(ref[inner]).mean()
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 30), (5,), (2, 3, 4, 4)])
+def test_make_target_rejects_non_square(shape) -> None:
+    with pytest.raises(ValueError, match="patches"):
+        make_target(np.zeros(shape))
+
+
+def test_correlate_rejects_wrong_patch_size() -> None:
+    t = make_target(np.random.default_rng(0).random((32, 32)))
+    with pytest.raises(ValueError, match=r"patches must be \(k, 32, 32\)"):
+        correlate(np.zeros((2, 16, 16)), t)

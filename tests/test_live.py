@@ -1,0 +1,325 @@
+"""The live stacker (issue 3 acceptance) on the project's own simulated captures:
+equivalence with the offline pipeline, convergence, tracking drift, worsening seeing and
+a new target, bad frames, parameters, batches and the bounded buffer."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+
+from live_stack.live import AddResult, LiveParams, LiveStacker
+from live_stack.pipeline import PipelineParams, run
+from live_stack.reference import mean_aligned
+from live_stack.simulate import canvas_margin, render_scene
+from live_stack.simulate.score import score
+
+#: Frames per add_batch call, as a driver would hand them over.
+CHUNK = 10
+#: Largest PSNR difference (dB) between a live replay and the offline pipeline.
+EQUIVALENCE_DB = 0.5
+#: The last snapshot is within this many dB of the best one (convergence).
+SETTLED_DB = 0.3
+
+
+def everything(n: int, **kw) -> LiveParams:
+    """Window "everything so far" and a buffer that holds the whole capture."""
+    return LiveParams(buffer_size=max(n, 2), window_frames=0, window_seconds=0.0, **kw)
+
+
+def feed(st: LiveStacker, frames, timestamps=None, *, every: int | None = None,
+         truth=None) -> list[float]:
+    """add_batch in chunks; with ``every``, score a snapshot every that many frames."""
+    psnrs = []
+    for i in range(0, len(frames), CHUNK):
+        stamps = None if timestamps is None else list(timestamps[i : i + CHUNK])
+        st.add_batch(frames[i : i + CHUNK], stamps)
+        if every and (i + CHUNK) % every == 0:
+            snap = st.snapshot()
+            if snap is not None:
+                psnrs.append(score(snap.image, truth).psnr)
+    return psnrs
+
+
+# ---------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("scene", ["moon", "planet", "sun"])
+def test_replay_matches_the_offline_pipeline(sim_capture, offline_result, scene) -> None:
+    """Frame by frame, window everything, the same frames per AP: within 0.5 dB."""
+    cap = sim_capture(scene)
+    offline = offline_result(scene).stacks[0]
+    st = LiveStacker(everything(len(cap.frames), stack_size=str(offline.frames_per_ap)))
+    results = [st.add(f, timestamp=float(t)) for f, t in
+               zip(cap.frames, cap.info.timestamps, strict=True)]
+    assert all(isinstance(r, AddResult) for r in results)
+    assert results[0].reason == "warmup" and not results[0].admitted
+    snap = st.snapshot()
+    assert snap is not None
+    assert snap.stats["frames_seen"] == len(cap.frames)
+    assert snap.stats["frames_per_ap"] == offline.frames_per_ap
+    live_psnr = score(snap.image, cap.truth).psnr
+    offline_psnr = score(offline.image, cap.truth).psnr
+    assert live_psnr == pytest.approx(offline_psnr, abs=EQUIVALENCE_DB)
+
+
+# ---------------------------------------------------------------- convergence
+def test_snapshots_converge(sim_capture) -> None:
+    cap = sim_capture("moon", frames=300)
+    st = LiveStacker(LiveParams())
+    psnrs = feed(st, cap.frames, cap.info.timestamps, every=30, truth=cap.truth)
+    assert len(psnrs) >= 8
+    assert psnrs[-1] > psnrs[0] + 0.5, psnrs  # it rises
+    assert psnrs[-1] >= max(psnrs) - SETTLED_DB, psnrs  # and settles near its best
+    # the first snapshot already beats any single frame's worth of seeing noise
+    best_frame = max(score(f, cap.truth).psnr for f in cap.frames[:40:4])
+    assert psnrs[0] > best_frame
+
+
+# ---------------------------------------------------------------- tracking
+def _truth_around(cap, offset, pad=20) -> np.ndarray:
+    """The sharp scene a frame with global ``offset`` shows, with ``pad`` px around."""
+    info = cap.info
+    margin = canvas_margin(info.offsets, info.params)
+    canvas = render_scene(info.scene, width=info.width + 2 * margin,
+                          height=info.height + 2 * margin, seed=info.seed,
+                          scale=float(info.height))
+    oy, ox = (int(round(v)) for v in offset)
+    y0, x0 = margin + oy - pad, margin + ox - pad
+    assert y0 >= 0 and x0 >= 0
+    return canvas[y0 : y0 + info.height + 2 * pad, x0 : x0 + info.width + 2 * pad]
+
+
+def test_follows_a_drift_of_200_px(sim_capture) -> None:
+    cap = sim_capture("moon", frames=400, drift=200.0)
+    window = 100
+    st = LiveStacker(LiveParams(window_frames=window))
+    feed(st, cap.frames, cap.info.timestamps)
+    snap = st.snapshot()
+    events = snap.stats["events"]
+    assert events.get("reanchor", 0) >= 1 and events.get("grid", 0) >= 2
+    assert snap.stats["buffer_fill"] <= window
+    assert snap.stats["evicted"].get("window", 0) >= len(cap.frames) - window - 40
+    # score against the part of the scene the recent frames show
+    recent = cap.frames[-window:]
+    truth = _truth_around(cap, cap.info.offsets[-window:].mean(axis=0))
+    live = score(snap.image, truth)
+    offline = run(recent, PipelineParams())
+    usable = [int(i) for i in offline.ranking.order if offline.alignment.ok[i]]
+    best = usable[: max(1, round(0.1 * len(usable)))]
+    y0, x0, y1, x1 = offline.stacks[0].box
+    mean_best = mean_aligned([recent[i] for i in best], offline.alignment.shifts[best])
+    baseline = score(mean_best[y0:y1, x0:x1], truth).psnr
+    best_frame = score(recent[usable[0]], truth).psnr
+    assert live.psnr > best_frame + 1.0, (live.psnr, best_frame)
+    assert live.psnr > baseline, (live.psnr, baseline)  # no ghosting
+    assert snap.image.shape[0] > 0.7 * cap.info.height
+    assert snap.image.shape[1] > 0.7 * cap.info.width
+
+
+def test_worsening_seeing_stays_sharp(sim_capture) -> None:
+    cap = sim_capture("moon", frames=300, seeing="worsening")
+    assert cap.info.blur_sigma[150:].mean() > 1.5 * cap.info.blur_sigma[:150].mean()
+    st = LiveStacker(everything(len(cap.frames), stack_size="30"))
+    psnrs = feed(st, cap.frames, cap.info.timestamps, every=30, truth=cap.truth)
+    half = psnrs[len(psnrs) // 2 - 1]
+    assert psnrs[-1] >= half - 0.1, psnrs  # the bad half does not drag it down
+    assert psnrs[-1] >= max(psnrs) - SETTLED_DB, psnrs
+    stats = st.stats()
+    assert stats["dropped"]["quality"] == 0  # the buffer holds everything here ...
+    # ... but the per-AP selection keeps the good first half
+    assert stats["frames_per_ap"] == 30
+
+
+def test_worsening_seeing_with_a_small_buffer_drops_bad_frames(sim_capture) -> None:
+    cap = sim_capture("moon", frames=300, seeing="worsening")
+    st = LiveStacker(LiveParams(buffer_size=60, stack_size="50%", warmup=40))
+    feed(st, cap.frames, cap.info.timestamps)
+    stats = st.stats()
+    assert stats["buffer_fill"] == 60
+    assert stats["dropped"]["quality"] > 100  # most of the worse half never gets in
+    assert score(st.snapshot().image, cap.truth).psnr > score(cap.frames[0], cap.truth).psnr
+
+
+def test_new_target_resets_by_itself(sim_capture) -> None:
+    moon = sim_capture("moon", frames=300)
+    sun = sim_capture("sun", frames=300)
+    st = LiveStacker(LiveParams())
+    feed(st, moon.frames[:150])
+    assert st.stats()["events"].get("scene_reset", 0) == 0
+    reset_at = None
+    for i in range(0, len(sun.frames), CHUNK):
+        st.add_batch(sun.frames[i : i + CHUNK])
+        if reset_at is None and st.stats()["events"].get("scene_reset", 0):
+            reset_at = i + CHUNK
+    assert reset_at is not None and reset_at <= 200, reset_at
+    snap = st.snapshot()
+    assert snap.stats["events"]["scene_reset"] == 1
+    assert snap.stats["dropped"]["alignment"] >= LiveParams().reset_after
+    best_frame = max(score(f, sun.truth).psnr for f in sun.frames[-60::6])
+    sun_psnr = score(snap.image, sun.truth).psnr
+    assert sun_psnr > best_frame  # the stack is the sun's
+    try:
+        moon_psnr = score(snap.image, moon.truth).psnr
+    except ValueError:  # cannot even be registered on the moon
+        moon_psnr = -math.inf
+    assert moon_psnr < sun_psnr - 5
+
+
+# ---------------------------------------------------------------- frames and dtypes
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_frame_dtypes(sim_capture, dtype) -> None:
+    cap = sim_capture("moon")
+    frames = cap.frames[:80]
+    if dtype == "float32":
+        frames = [f.astype(np.float32) / np.float32(255) for f in frames]
+    elif dtype == "uint16":
+        frames = [f.astype(np.uint16) * np.uint16(257) for f in frames]
+    st = LiveStacker(LiveParams())
+    assert st.snapshot() is None
+    feed(st, frames)
+    snap = st.snapshot()
+    assert snap.image.dtype == np.float32
+    assert 0.0 <= float(snap.image.min()) and float(snap.image.max()) <= 1.0 + 1e-3
+    assert score(snap.image, cap.truth).psnr > score(cap.frames[0], cap.truth).psnr + 1.0
+
+
+def test_colour_frames(sim_capture) -> None:
+    cap = sim_capture("moon", frames=60, colour=True)
+    st = LiveStacker(LiveParams(warmup=30))
+    feed(st, cap.frames)
+    snap = st.snapshot()
+    assert snap.image.ndim == 3 and snap.image.shape[2] == 3
+    assert score(snap.image, cap.truth).psnr > score(cap.frames[0], cap.truth).psnr
+
+
+def test_wrong_size_frame_raises_naming_the_sizes(sim_capture) -> None:
+    cap = sim_capture("moon")
+    st = LiveStacker(LiveParams())
+    st.add(cap.frames[0])
+    with pytest.raises(ValueError, match=r"300x200.*320x240"):
+        st.add(np.zeros((200, 300), np.uint8))
+    with pytest.raises(ValueError, match="uint16"):
+        st.add(cap.frames[1].astype(np.uint16))
+    with pytest.raises(ValueError, match=r"frames\[1\]"):  # all checked before any is taken
+        st.add_batch([cap.frames[1], np.zeros((240, 321), np.uint8)])
+    assert st.stats()["frames_seen"] == 1
+    with pytest.raises(ValueError, match="frame"):
+        st.add(np.zeros((240, 320, 4), np.uint8))
+    with pytest.raises(ValueError, match="timestamps"):
+        st.add_batch(cap.frames[1:3], [1.0])
+    st.reset()  # a reset adopts the next frame's size
+    assert st.add(np.zeros((200, 300), np.uint8)).reason == "warmup"
+    assert st.stats()["frames_seen"] == 1
+
+
+# ---------------------------------------------------------------- parameters
+def test_set_param_good_values(sim_capture) -> None:
+    cap = sim_capture("moon")
+    st = LiveStacker(LiveParams())
+    feed(st, cap.frames[:60])
+    assert st.snapshot() is not None
+    assert st.set_param("stack_size", "20").stack_size == "20"
+    assert st.set_param("window_frames", "50").window_frames == 50  # strings are converted
+    assert st.set_param("window_seconds", 2).window_seconds == 2.0
+    assert st.params.stack_size == "20"
+    assert st.snapshot() is not None  # these apply from the next frame, no restart
+    assert st.set_param("local_outlier", "4.5").local.outlier == 4.5
+    assert st.set_param("ap_size", 32).ap.size == 32
+    assert st.snapshot() is None  # the grid changed: it starts over
+    assert st.stats()["frames_seen"] == 60  # keeping its counters
+    feed(st, cap.frames[60:120])
+    snap = st.snapshot()
+    assert snap.ap_size == 32 and snap.stats["aps"] > 0
+
+
+@pytest.mark.parametrize(("name", "value", "match"), [
+    ("nonsense", 1, "nonsense"), ("ap_nonsense", 1, "ap_nonsense"), ("ap", 1, "'ap'"),
+    ("ap_size", 33, "ap_size"), ("ap_size", "big", "ap_size"), ("buffer_size", 1, "buffer_size"),
+    ("buffer_size", "abc", "buffer_size"), ("stack_size", "10x", "10x"),
+    ("quality_method", "fft", "quality_method"), ("window_frames", -1, "window_frames"),
+    ("warmup", 2.5, "warmup"),
+])
+def test_set_param_bad_values_name_it(name, value, match) -> None:
+    st = LiveStacker(LiveParams())
+    before = st.params
+    with pytest.raises(ValueError, match=match):
+        st.set_param(name, value)
+    assert st.params == before
+
+
+def test_params_validation() -> None:
+    with pytest.raises(ValueError, match="warmup"):
+        LiveParams(buffer_size=10, warmup=20)
+    with pytest.raises(ValueError, match="stack size"):
+        LiveParams(stack_size="most")
+    with pytest.raises(ValueError, match="params"):
+        LiveStacker({"buffer_size": 10})
+
+
+# ---------------------------------------------------------------- batches, stats, memory
+def test_add_batch_equals_add_one_by_one(sim_capture) -> None:
+    cap = sim_capture("sun")
+    frames, stamps = cap.frames[:90], cap.info.timestamps[:90]
+    one = LiveStacker(LiveParams())
+    r1 = [one.add(f, timestamp=float(t)) for f, t in zip(frames, stamps, strict=True)]
+    batch = LiveStacker(LiveParams())
+    r2 = []
+    for i in range(0, len(frames), 16):
+        r2 += batch.add_batch(frames[i : i + 16], list(stamps[i : i + 16]))
+    assert [(r.admitted, r.reason) for r in r1] == [(r.admitted, r.reason) for r in r2]
+    assert np.allclose([r.quality for r in r1], [r.quality for r in r2])
+    s1, s2 = one.snapshot(), batch.snapshot()
+    assert s1.box == s2.box
+    assert np.allclose(s1.image, s2.image, atol=1e-5)
+    for key in ("frames_seen", "admitted", "dropped", "buffer_fill", "aps", "frames_per_ap"):
+        assert s1.stats[key] == s2.stats[key], key
+    assert batch.add_batch([]) == []
+
+
+def test_stats_fields_and_msgpack(sim_capture) -> None:
+    cap = sim_capture("moon")
+    st = LiveStacker(LiveParams())
+    feed(st, cap.frames, cap.info.timestamps)
+    snap = st.snapshot()
+    s = snap.stats
+    assert s["frames_seen"] == len(cap.frames)
+    assert s["admitted"] + sum(s["dropped"].values()) <= s["frames_seen"]
+    assert s["admitted"] >= s["buffer_fill"] > 0
+    assert s["buffer_size"] == 200 and s["aps"] == len(snap.ap_centres) > 0
+    q = s["quality"]
+    assert len(q["hist"]) == len(q["edges"]) - 1 and sum(q["hist"]) == s["buffer_fill"]
+    assert {"quality", "align"} <= set(s["timings_ms"])
+    assert all(v >= 0 for v in s["timings_ms"].values())
+    assert msgpack.unpackb(msgpack.packb(s)) == s  # plain values only
+    # AP centres are in image coordinates, with their whole box inside the image
+    h, w = snap.image.shape[:2]
+    half = snap.ap_size // 2
+    assert np.all(snap.ap_centres - half >= 0)
+    assert np.all(snap.ap_centres[:, 0] + half <= h) and np.all(snap.ap_centres[:, 1] + half <= w)
+
+
+def test_buffer_never_exceeds_its_size(sim_capture) -> None:
+    cap = sim_capture("moon")
+    st = LiveStacker(LiveParams(buffer_size=30, warmup=20))
+    fills = []
+    for f, t in zip(cap.frames, cap.info.timestamps, strict=True):
+        st.add(f, timestamp=float(t))
+        fills.append(st.stats()["buffer_fill"])
+    assert max(fills) == fills[-1] == 30
+    assert st.stats()["dropped"]["quality"] + st.stats()["evicted"]["quality"] > 0
+    assert math.isfinite(score(st.snapshot().image, cap.truth).psnr)
+
+
+def test_time_window_keeps_only_recent_frames(sim_capture) -> None:
+    cap = sim_capture("moon")
+    window = 0.25  # seconds: 25 frames at the simulated 100 frames per second
+    st = LiveStacker(LiveParams(window_seconds=window))
+    for i, (f, t) in enumerate(zip(cap.frames, cap.info.timestamps, strict=True)):
+        st.add(f, timestamp=float(t))
+        # (the warm-up frames are all admitted at once; the window applies from the
+        # first frame after it)
+        if i > LiveParams().warmup:
+            assert st.stats()["buffer_fill"] <= window * 100 + 1
+    assert st.stats()["evicted"]["window"] > 0
+    assert math.isfinite(score(st.snapshot().image, cap.truth).psnr)
