@@ -122,4 +122,4 @@ def test_reprocess_has_an_option_for_every_field() -> None:
         for f in dataclasses.fields(cls):
             flag = f"--{prefix}-{f.name.replace('_', '-')}"
             assert flag in text, flag
-    assert "(default: 48)" in text  # defaults are shown
+    assert f"(default: {APParams().size})" in text  # defaults are shown

@@ -107,7 +107,7 @@ def test_planet_with_a_few_large_aps(sim_capture) -> None:
     from live_stack.apgrid import APParams
 
     cap = sim_capture("planet")
-    result = run(cap.frames, PipelineParams(ap=APParams(size=64)))
+    result = run(cap.frames, PipelineParams(ap=APParams(size=64, step=48)))
     assert 2 <= len(result.grid) <= 8
     best = score(cap.frames[int(result.ranking.order[0])], cap.truth).psnr
     assert score(result.stacks[0].image, cap.truth).psnr > best + 1.0
