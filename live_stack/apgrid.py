@@ -19,7 +19,7 @@ class APParams:
     """Parameters of the AP grid (CLI/config prefix ``ap_``)."""
 
     size: int = 64  # side of an AP's box in pixels (the patch that is stacked), even
-    step: int = 0  # distance between neighbouring APs; 0 = half the size (see spacing)
+    step: int = 0  # distance between neighbouring APs; 0 = three quarters of the size
     search: int = 8  # largest local shift, in pixels, measured around each AP
     min_brightness: float = 0.1  # drop APs whose mean is below this share of the bright end
     min_structure: float = 0.04  # drop APs with less structure than this share of the 90th pct
@@ -38,13 +38,13 @@ class APParams:
 
     @property
     def spacing(self) -> int:
-        """The step actually used.
+        """The step actually used: three quarters of the box by default.
 
-        Half the box by default: the boxes' ``sin^2`` blending weights then add up to
-        exactly 1 between APs (``sin^2 + cos^2``), so every pixel of the AP area is an
-        average of four AP stacks and none of the blurrier reference leaks in between.
+        Neighbouring boxes then overlap by a quarter; the blending weights ramp over
+        exactly that overlap and add up to 1 (see :func:`live_stack.stack.bump`), so no
+        pixel of the AP area takes any of the blurrier reference.
         """
-        return self.step or max(4, self.size // 2)
+        return self.step or max(4, (self.size * 3) // 4)
 
     @property
     def fft_size(self) -> int:
@@ -71,6 +71,8 @@ class APGrid:
         How many candidate APs were dropped, and why.
     neighbours : numpy.ndarray
         int ``(m, 8)`` indices of each AP's grid neighbours (up to 8, padded with -1).
+    step : int
+        Distance between neighbouring APs (0: unknown, blend as for half a box).
     """
 
     centres: np.ndarray
@@ -80,6 +82,7 @@ class APGrid:
     dropped_dim: int = 0
     dropped_flat: int = 0
     neighbours: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), dtype=np.intp))
+    step: int = 0
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -140,7 +143,8 @@ def lay_grid(
     y0, x0, y1, x1 = box if box is not None else (0, 0, h, w)
     half = params.fft_size // 2
     lo_y, hi_y, lo_x, hi_x = y0 + half, y1 - half, x0 + half, x1 - half
-    empty = APGrid(np.zeros((0, 2), dtype=np.intp), params.size, params.search, (h, w))
+    empty = APGrid(np.zeros((0, 2), dtype=np.intp), params.size, params.search, (h, w),
+                   step=params.spacing)
     if hi_y < lo_y or hi_x < lo_x:
         return empty
     step = params.spacing
@@ -163,7 +167,7 @@ def lay_grid(
     kept = centres[keep]
     return APGrid(centres=kept, size=params.size, search=params.search, shape=(h, w),
                   dropped_dim=int((~lit).sum()), dropped_flat=int((lit & ~textured).sum()),
-                  neighbours=neighbour_table(kept, step))
+                  neighbours=neighbour_table(kept, step), step=step)
 
 
 def neighbour_table(centres: np.ndarray, step: int) -> np.ndarray:

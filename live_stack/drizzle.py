@@ -259,7 +259,9 @@ class DrizzleSums:
         return APGrid(centres=self.box_start + self.box // 2, size=self.box,
                       search=self.margin, shape=fine_shape(grid.shape, self.scale),
                       dropped_dim=grid.dropped_dim, dropped_flat=grid.dropped_flat,
-                      neighbours=grid.neighbours)
+                      neighbours=grid.neighbours,
+                      step=self.box - int(round((grid.size - grid.step) * self.scale))
+                      if grid.step else 0)
 
     def to_image(self, grid: APGrid, reference: np.ndarray,
                  params: BlendParams = BlendParams()) -> Blend:

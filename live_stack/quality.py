@@ -87,6 +87,9 @@ def detail_response(frame: np.ndarray, params: QualityParams) -> np.ndarray:
     if d > 1:
         h, w = lum.shape[0] // d, lum.shape[1] // d
         lum = cv2.resize(lum[: h * d, : w * d], (w, h), interpolation=cv2.INTER_AREA)
+    # filter in float32 (after the cheap integer downsampling), so that integer frames
+    # are not rounded again after the blur and every dtype measures alike
+    lum = lum.astype(np.float32)
     if params.blur > 1:
         lum = cv2.GaussianBlur(lum, (params.blur, params.blur), 0)
     if params.method == "laplacian":

@@ -179,13 +179,32 @@ def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.n
     return fourier_shift(spec.astype(np.complex64, copy=False), dy, dx)
 
 
-@lru_cache(maxsize=8)
-def bump(size: int) -> np.ndarray:
-    """The blending weight of an AP box: ``sin^2`` bump, 1 at the centre, 0 at the edges."""
-    u = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+@lru_cache(maxsize=16)
+def bump(size: int, overlap: int | None = None) -> np.ndarray:
+    """The blending weight of an AP box (float32 ``(size, size)``, cached; read-only).
+
+    Flat (1) in the middle, falling as ``sin^2`` to 0 at the box edges over ``overlap``
+    pixels on each side (default: half the box, a plain ``sin^2`` bump). Boxes whose
+    neighbours overlap them by exactly ``overlap`` have weights that add up to 1
+    (``sin^2 + cos^2``) and whose slopes never jump.
+    """
+    half = size // 2
+    ramp_len = half if overlap is None else int(min(max(overlap, 1), half))
+    u = np.ones(size)
+    k = np.arange(ramp_len) + 0.5
+    ramp = np.sin(0.5 * np.pi * k / ramp_len) ** 2
+    u[:ramp_len] = ramp
+    u[size - ramp_len :] = ramp[::-1]
     w = np.outer(u, u).astype(np.float32)
     w.setflags(write=False)
     return w
+
+
+def grid_bump(grid: APGrid) -> np.ndarray:
+    """:func:`bump` for a grid's boxes, ramping over the overlap of neighbouring boxes."""
+    if not grid.step:
+        return bump(grid.size)
+    return bump(grid.size, grid.size - grid.step)
 
 
 @dataclass(frozen=True)
@@ -237,7 +256,7 @@ def blend(
                          f"got {patches.shape}")
     acc = np.zeros((h, w, c), dtype=np.float32)
     wsum = np.zeros((h, w), dtype=np.float32)
-    wb = bump(grid.size)
+    wb = grid_bump(grid)
     half = grid.size // 2
     for a, (cy, cx) in enumerate(grid.centres):
         p = patches[a]

@@ -73,9 +73,9 @@ def test_grid_stays_inside_the_box(moon, box) -> None:
 def test_grid_spacing_and_empty_box(moon) -> None:
     params = APParams(size=40, min_structure=0.0, min_brightness=0.0)
     grid = lay_grid(moon, params)
-    assert params.spacing == 20  # half the box: the sin^2 weights add up to 1
+    assert params.spacing == 30 and grid.step == 30  # three quarters of the box
     ys, xs = np.unique(grid.centres[:, 0]), np.unique(grid.centres[:, 1])
-    assert set(np.diff(ys)) == {20} and set(np.diff(xs)) == {20}
+    assert set(np.diff(ys)) == {30} and set(np.diff(xs)) == {30}
     assert len(grid) == len(ys) * len(xs)  # a full rectangular grid
     tiny = lay_grid(moon, params, box=(0, 0, 40, 40))  # smaller than one patch
     assert len(tiny) == 0 and tiny.centres.shape == (0, 2)

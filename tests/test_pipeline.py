@@ -134,7 +134,7 @@ def test_dtypes_give_the_same_stack(sim_capture, offline_result, dtype) -> None:
     ref = offline_result("moon").stacks[0]
     assert result.stacks[0].box == ref.box
     assert score(result.stacks[0].image, cap.truth).psnr == pytest.approx(
-        score(ref.image, cap.truth).psnr, abs=0.1)
+        score(ref.image, cap.truth).psnr, abs=0.25)  # uint8 frames are analysed in uint8
 
 
 def test_colour_capture(sim_capture) -> None:

@@ -137,6 +137,19 @@ def test_bump_is_a_smooth_window() -> None:
     assert np.allclose(row[size : 3 * size], 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize(("size", "step"), [(64, 48), (48, 36), (40, 30), (32, 16)])
+def test_grid_bumps_add_up_to_one(size, step) -> None:
+    """Boxes ``step`` apart, ramping over their overlap: weights sum to exactly 1."""
+    from live_stack.stack import bump as bump_
+
+    profile = np.sqrt(np.diag(bump_(size, size - step)))
+    row = np.zeros(6 * size)
+    for start in range(0, 5 * size, step):
+        row[start : start + size] += profile
+    assert np.allclose(row[size : 4 * size], 1.0, atol=1e-6)
+    assert profile[0] < (math.pi / (size - step)) ** 2  # still zero at the box edge
+
+
 @pytest.fixture(scope="module")
 def grids(scene_canvas):
     moon = scene_canvas("moon", W, H)
@@ -181,18 +194,20 @@ def _largest_step(image: np.ndarray) -> float:
 @pytest.mark.parametrize("name", ["full32", "full48", "holes48"])
 def test_blend_weights_have_no_step(grids, name) -> None:
     """Every weight is continuous: its change per pixel is bounded by the bump's slope
-    (pi / size) times the largest gain of the normalisation (4, where the reference's
-    weight reaches zero); a seam would be a jump of the order of the weight itself."""
+    (pi / (2 * ramp), the ramp spanning the boxes' overlap) times the largest gain of the
+    normalisation (4, where the reference's weight reaches zero); a seam would be a jump
+    of the order of the weight itself."""
     grid = grids[name]
     maps = _normalised_weights(grid)
     total = np.sum(maps, axis=0)
     assert np.allclose(total, 1.0, atol=1e-5)  # the weights are a partition of unity
-    bound = 4 * math.pi / grid.size
+    slope = math.pi / (2 * (grid.size - grid.step))
+    bound = 4 * slope
     assert max(_largest_step(m) for m in maps) < bound
     raw = blend(np.zeros((len(grid), 1, grid.size, grid.size), np.float32), grid,
                 np.zeros((H, W), np.float32))
     # the summed AP weight itself is as smooth as one bump
-    assert _largest_step(raw.ap_weight.astype(np.float64)) < 1.1 * math.pi / grid.size
+    assert _largest_step(raw.ap_weight.astype(np.float64)) < 1.1 * slope
     assert raw.reference_weight.max() == pytest.approx(1.0)  # the sky corners: reference
     assert raw.reference_weight[raw.ap_weight >= BlendParams().full_coverage].max() == 0.0
 
