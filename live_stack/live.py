@@ -697,15 +697,18 @@ class LiveStacker:
             state.sums.add(aps, spectra[mine], dy[mine], dx[mine])
             state.contrib[slot, aps] = True
 
-    def _sync(self, state: _APState, budget: int | None = None) -> None:
+    def _sync(self, state: _APState, budget: int | None = None, *,
+              restale: bool = True) -> None:
         """Apply the net selection changes (and stale re-measurements) to the sums.
 
-        Three steps, in order: pairs measured on an old reference are measured again;
-        pairs no longer selected are taken out; pairs newly selected are put in. With a
-        ``budget``, at most that many pairs are worked on.
+        Three steps, in order: pairs measured on an old reference are measured again
+        (unless ``restale`` is false: they are valid contributions meanwhile, so a
+        snapshot need not wait for them); pairs no longer selected are taken out; pairs
+        newly selected are put in. With a ``budget``, at most that many pairs are worked
+        on.
         """
         left = [np.inf if budget is None else int(budget)]
-        stale = _take(state.stale, left)
+        stale = _take(state.stale, left) if restale else []
         if stale:
             self._subtract(state, stale)
             for slot, aps in stale:
@@ -715,13 +718,16 @@ class LiveStacker:
         self._add(state, _take(state.wanted(), left))
 
     def _work(self) -> None:
-        """Spend the per-call budget on a grid being built and on stale pairs."""
+        """Spend the per-call budget on a grid being built, stale pairs, and bringing the
+        sums in line with the selection."""
         budget = self._params.work_budget
         if self._next is not None:
             self._sync(self._next, budget)
             if not self._next.pending():
                 self._state, self._next = self._next, None
-        elif self._state is not None and self._state.stale.any():
+        elif self._state is not None:
+            # stale pairs first, then net selection changes: what is left for the next
+            # snapshot stays small, so snapshots are quick
             self._sync(self._state, budget)
 
     def _check_drift(self) -> None:
@@ -785,7 +791,7 @@ class LiveStacker:
         slots = self._filled()
         if not len(slots):
             return None
-        self._sync(state)
+        self._sync(state, restale=False)
         background, _ = self._background(state, slots)
         image = state.sums.to_image(state.grid, background, self._params.blend).image
         # a drizzled stack serves as the AP reference at the sensor's scale
@@ -804,7 +810,7 @@ class LiveStacker:
         if state is None or not len(slots):
             return None
         t0 = time.perf_counter()
-        self._sync(state)
+        self._sync(state, restale=False)
         t1 = time.perf_counter()
         self._timing["sync"] += t1 - t0
         background, box = self._background(state, slots)
