@@ -146,7 +146,9 @@ def check_header(header: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(header["time"], (int, float)):
         raise ProtocolError(f"header field 'time' must be a number, got {header['time']!r}")
     if header["dtype"] not in WIRE_DTYPES:
-        raise ProtocolError(f"unknown dtype {header['dtype']!r}; expected one of {sorted(WIRE_DTYPES)}")
+        raise ProtocolError(
+            f"unknown dtype {header['dtype']!r}; expected one of {sorted(WIRE_DTYPES)}"
+        )
     if header["layout"] not in LAYOUTS:
         raise ProtocolError(f"unknown layout {header['layout']!r}; expected one of {LAYOUTS}")
     w, h = header["width"], header["height"]
@@ -194,3 +196,104 @@ def _buffer(part: Any) -> memoryview:
     if hasattr(part, "buffer"):  # zmq.Frame
         return part.buffer
     return memoryview(part)
+
+
+# --- Published stacks ------------------------------------------------------------------
+
+#: uint16 value of a published stack pixel that stands for 1.0.
+STACK_SCALE = 65535
+
+
+def stack_to_wire(image: np.ndarray) -> np.ndarray:
+    """Convert a float ``[0, 1]`` stack to the uint16 pixels of a ``stack`` message.
+
+    Values are clipped to ``[0, 1]`` and rounded to the nearest of 0..65535.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    out = np.clip(img, 0.0, 1.0)
+    out = out * np.float32(STACK_SCALE) + np.float32(0.5)
+    return out.astype("<u2")
+
+
+def stack_from_wire(pixels: np.ndarray) -> np.ndarray:
+    """Convert the uint16 pixels of a ``stack`` message back to float32 ``[0, 1]``."""
+    return np.asarray(pixels, dtype=np.float32) * np.float32(1.0 / STACK_SCALE)
+
+
+# --- Control requests and replies -------------------------------------------------------
+
+#: Control commands and the fields each one takes besides ``cmd``.
+CONTROL_FIELDS: dict[str, tuple[str, ...]] = {
+    "status": (),
+    "reset": (),
+    "set": ("name", "value"),
+    "save": (),
+    "pause": (),
+    "resume": (),
+    "shutdown": (),
+}
+
+#: Types a ``set`` value may have on the wire.
+_PARAM_VALUE_TYPES = (bool, int, float, str)
+
+
+def encode_request(cmd: str, **fields: Any) -> bytes:
+    """Encode a control request, checking it first (see :func:`check_request`)."""
+    request = {"cmd": cmd, **fields}
+    check_request(request)
+    return pack(request)
+
+
+def check_request(request: Any) -> dict[str, Any]:
+    """Validate a decoded control request, raising :class:`ProtocolError` naming the fault.
+
+    A request is a map with ``cmd`` (one of :data:`CONTROL_FIELDS`) and exactly the
+    fields that command takes: ``set`` takes ``name`` (a non-empty string) and ``value``
+    (a boolean, integer, float, string, or a list of those).
+    """
+    if not isinstance(request, dict):
+        raise ProtocolError(f"a request must be a map, got {type(request).__name__}")
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str):
+        raise ProtocolError(f"request field 'cmd' must be a string, got {cmd!r}")
+    if cmd not in CONTROL_FIELDS:
+        raise ProtocolError(f"unknown command {cmd!r}; expected one of {sorted(CONTROL_FIELDS)}")
+    allowed = set(CONTROL_FIELDS[cmd]) | {"cmd"}
+    extra = sorted(str(k) for k in request if k not in allowed)
+    if extra:
+        raise ProtocolError(f"command {cmd!r} takes no field(s) {', '.join(extra)}")
+    missing = [k for k in CONTROL_FIELDS[cmd] if k not in request]
+    if missing:
+        raise ProtocolError(f"command {cmd!r} needs field(s) {', '.join(missing)}")
+    if cmd == "set":
+        name, value = request["name"], request["value"]
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"request field 'name' must be a non-empty string, got {name!r}")
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, _PARAM_VALUE_TYPES) for v in values):
+            raise ProtocolError(
+                f"request field 'value' must be a boolean, number or string (or a list of "
+                f"them), got {value!r}"
+            )
+    return request
+
+
+def encode_reply(result: Any = None) -> bytes:
+    """Encode a successful control reply ``{"ok": true, "result": result}``."""
+    return pack({"ok": True, "result": result})
+
+
+def encode_error(error: str) -> bytes:
+    """Encode a failed control reply ``{"ok": false, "error": error}``."""
+    return pack({"ok": False, "error": str(error)})
+
+
+def decode_reply(data: bytes | memoryview) -> dict[str, Any]:
+    """Decode and check a control reply, raising :class:`ProtocolError` if malformed."""
+    reply = unpack(data, what="reply")
+    ok = reply.get("ok")
+    if ok is True:
+        return reply
+    if ok is False and isinstance(reply.get("error"), str):
+        return reply
+    raise ProtocolError(f"reply must have ok=true, or ok=false with an error string: {reply!r}")

@@ -1,0 +1,895 @@
+"""The stacking service: ZeroMQ ingest, a bounded queue, the stacker, publishing, control.
+
+:class:`StackingService` runs six threads around an injected stacker (normally
+``live_stack.live.LiveStacker``; see :class:`Stacker` for what it must offer):
+
+- **ingest** owns the PULL socket: it decodes every message with
+  :func:`daemon.protocol.decode_image` (a malformed one is counted and logged, never
+  fatal), records the raw frame when recording is on, and puts it in a
+  :class:`~daemon.framequeue.DropOldestQueue` (the oldest waiting frame is dropped and
+  counted as ``overflow`` when the queue is full);
+- **stacker** takes frames from the queue, in batches of up to ``batch_size`` when they
+  pile up, and calls ``stacker.add_batch`` (or ``add``); a frame of another size or
+  dtype than the stack's is dropped as ``wrong_size``;
+- **snapshot** takes a snapshot every ``publish_interval`` seconds when the stack
+  changed, and encodes it as a ``stack`` message;
+- **publisher** owns the XPUB socket: it sends each new stack, a ``status`` message
+  every ``status_interval`` seconds (never waiting for the stacker), and the latest
+  stack again at once whenever a subscriber to ``stack`` arrives;
+- **control** owns the REP socket and answers control requests;
+- **saver** writes the stack to the output folder every ``save_interval`` seconds.
+
+Each socket is used by its own thread only; the stacker is guarded by one
+:class:`~daemon.fairlock.FairLock`, so that the snapshot, control and saver threads get
+their turn between two batches however busy the stacker is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from daemon import protocol
+from daemon.config import DaemonConfig, Endpoints
+from daemon.fairlock import FairLock
+from daemon.framequeue import DropOldestQueue, QueueClosed
+from daemon.persist import (
+    RawRecorder,
+    attach_session_log,
+    detach_session_log,
+    new_session,
+    numbered,
+    save_stack,
+)
+from daemon.security import configure_server, load_key_pair, start_authenticator
+from daemon.stats import IngestStats
+
+log = logging.getLogger(__name__)
+
+#: Send high-water mark of the publisher (messages queued per slow subscriber).
+PUBLISH_HWM = 8
+
+#: Most messages the ingest thread takes in one go before looking at the stop flag.
+INGEST_BATCH = 256
+
+#: Seconds after a stop begins by which the socket threads are to have finished (they
+#: notice the stop within poll_timeout).
+SOCKET_JOIN = 0.5
+
+#: Seconds after a stop begins by which the threads that may be inside the stacker
+#: (stacking, snapshot, periodic save) are waited for at most.
+WORK_JOIN = 0.8
+
+#: Seconds after a stop begins until which the final save may wait for a busy stacker;
+#: then the latest snapshot taken is saved. Writing the file comes on top: the stop
+#: takes well under 2 s.
+SAVE_WAIT = 1.2
+
+#: Number of recent snapshot durations whose median sets the pace of slow snapshots.
+SNAPSHOT_HISTORY = 5
+
+#: At stop, a fresh snapshot is taken only if the last one took less than this many
+#: seconds; else the latest snapshot taken is saved (it may miss the last few frames).
+STOP_SNAPSHOT_SECONDS = 0.8
+
+#: Seconds between two log lines about the same kind of dropped frame.
+LOG_THROTTLE = 5.0
+
+#: Source name the daemon puts in the headers of the stacks it publishes.
+DAEMON_SOURCE = "live-stack-daemon"
+
+
+class Stacker(Protocol):
+    """What the service needs from a stacker (``live_stack.live.LiveStacker``)."""
+
+    @property
+    def params(self) -> Any: ...
+
+    def add(self, frame: np.ndarray, timestamp: float | None = None) -> Any: ...
+
+    def snapshot(self) -> Any: ...
+
+    def reset(self) -> None: ...
+
+    def set_param(self, name: str, value: Any) -> None: ...
+
+
+@dataclass
+class _Frame:
+    """A received frame waiting for the stacker."""
+
+    header: dict[str, Any]  # the checked wire header
+    array: np.ndarray  # read-only pixels (a view on the received message)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A snapshot and the state it was taken in."""
+
+    version: int  # the service's stack version when taken
+    segment: int  # the stack number
+    snap: Any  # the stacker's Snapshot
+    counters: dict[str, Any]  # IngestStats.as_dict() at that moment
+    seconds: float  # how long snapshot() took
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays, tuples and dataclasses made msgpack-able."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return plain(dataclasses.asdict(obj))
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    return str(obj)
+
+
+def param_value(params: Any, name: str, default: Any) -> Any:
+    """Value of parameter ``name`` in ``params``: a field, or ``PREFIX_FIELD`` of a phase."""
+    if hasattr(params, name):
+        return getattr(params, name)
+    if dataclasses.is_dataclass(params):
+        for f in dataclasses.fields(params):
+            sub = getattr(params, f.name)
+            rest = name[len(f.name) + 1:]
+            if name.startswith(f.name + "_") and dataclasses.is_dataclass(sub) and rest:
+                if hasattr(sub, rest):
+                    return getattr(sub, rest)
+    return default
+
+
+class _Throttle:
+    """Log a repeated warning at most once per :data:`LOG_THROTTLE` seconds per key."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -LOG_THROTTLE) < LOG_THROTTLE:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            n = self._suppressed.pop(key, 0)
+        log.warning(msg + (f" ({n} more like it not logged)" if n else ""), *args)
+
+
+class ServiceError(RuntimeError):
+    """The service could not start (a socket could not be bound, keys missing...)."""
+
+
+class StackingService:
+    """The live stacking daemon, around an injected stacker.
+
+    Parameters
+    ----------
+    config : DaemonConfig
+        Endpoints, queueing, output and security settings.
+    stacker : Stacker
+        The live stacker; the service calls it from its threads under one lock.
+    context : zmq.Context, optional
+        ZeroMQ context to use (one is made, and terminated at stop, if not given).
+    on_stop_request : callable, optional
+        Called (from the control thread) when a ``shutdown`` request arrives, e.g. to
+        wake the main thread; :attr:`stop_requested` is set in any case.
+
+    Use :meth:`start` and :meth:`stop` (or the object as a context manager).
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        stacker: Stacker,
+        *,
+        context: zmq.Context | None = None,
+        on_stop_request: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._stacker = stacker
+        self._own_ctx = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._on_stop_request = on_stop_request
+        svc = config.service
+        self.stop_requested = threading.Event()  # set by a shutdown request or stop()
+        self._stop = threading.Event()  # tells the threads to finish
+        self._stacker_lock = FairLock()  # guards the stacker and the state below
+        self._save_lock = threading.Lock()
+        self._stats = IngestStats(recent=svc.recent_frames, rate_window=svc.rate_window)
+        self._queue: DropOldestQueue[_Frame] = DropOldestQueue(svc.queue_size)
+        self._throttle = _Throttle()
+        self._threads: list[threading.Thread] = []
+        self._auth: Any = None
+        self._log_handler: logging.Handler | None = None
+        self._recorder: RawRecorder | None = None
+        self._started = False
+        self._stopped = False
+        self._start_time = time.monotonic()
+        # state guarded by _stacker_lock
+        self._paused = False
+        self._stack_format: tuple[tuple[int, ...], np.dtype] | None = None  # shape, dtype
+        self._version = 0  # bumped by each admitted frame and each reset
+        self._segment = 1  # stack number within the session (bumped by reset)
+        self._resets = 0
+        self._snap_stats: dict[str, Any] = {}  # stats of the latest snapshot taken
+        self._taken: _Taken | None = None  # the latest snapshot taken
+        self._snapshot_seconds = 0.0  # how long the latest snapshot() call took
+        self._snapshot_durations: deque[float] = deque(maxlen=SNAPSHOT_HISTORY)
+        # publisher-owned state
+        self._published_version = -1
+        self._latest_stack: list[Any] | None = None
+        self._slot_lock = threading.Lock()
+        self._pending_stack: tuple[list[Any], dict[str, Any]] | None = None  # for publisher
+        self._stack_seq = 0
+        self._stack_info: dict[str, Any] = {}
+        self._rates = {"received_fps": 0.0, "processed_fps": 0.0}
+        # saver state, guarded by _save_lock
+        self._saved_version = -1
+        self._last_save: dict[str, Any] = {"path": None, "time": None}
+        #: the endpoints actually bound (ports resolved), set by start()
+        self.endpoints: Endpoints | None = None
+        self.output_dir = Path(config.output.directory)
+        self.session = ""
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> StackingService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Create the output folder, bind the sockets and start the threads.
+
+        Raises
+        ------
+        ServiceError
+            If an endpoint cannot be bound or the CURVE keys cannot be used; nothing is
+            left running.
+        """
+        if self._started:
+            raise ServiceError("the service was already started")
+        self._started = True
+        out = self.config.output
+        try:
+            self.session = new_session(self.output_dir)
+        except OSError as exc:
+            self._stopped = True
+            self._teardown()
+            raise ServiceError(f"output.directory {self.output_dir}: {exc}") from None
+        if out.session_log:
+            level = getattr(logging, self.config.service.log_level.upper())
+            self._log_handler = attach_session_log(
+                numbered(self.output_dir, "session", self.session, 1, "log"), level=level
+            )
+        sockets: list[zmq.Socket] = []
+        try:
+            keys = self._curve_keys()
+            if keys is not None:
+                self._auth = start_authenticator(self._ctx, self.config.curve.authorized_clients)
+            pull = self._bind(zmq.PULL, "ingest", keys, sockets)
+            pub = self._bind(zmq.XPUB, "publish", keys, sockets)
+            rep = self._bind(zmq.REP, "control", keys, sockets)
+        except (ValueError, zmq.ZMQError, ServiceError) as exc:
+            for s in sockets:
+                s.close(linger=0)
+            self._stopped = True
+            self._teardown()
+            raise ServiceError(str(exc)) from None
+        self.endpoints = Endpoints(*(s.getsockopt_string(zmq.LAST_ENDPOINT) for s in sockets))
+        if out.record:
+            self._recorder = RawRecorder(self.output_dir, self.session)
+        self._start_time = time.monotonic()
+        self._spawn("ingest", self._ingest_loop, pull)
+        self._spawn("stacker", self._process_loop)
+        wake_in = self._ctx.socket(zmq.PAIR)
+        wake_out = self._ctx.socket(zmq.PAIR)
+        wake_in.linger = wake_out.linger = 0
+        endpoint = f"inproc://live-stack-stacks-{id(self):x}"
+        wake_in.bind(endpoint)
+        wake_out.connect(endpoint)
+        self._spawn("snapshot", self._snapshot_loop, wake_out)
+        self._spawn("publisher", self._publish_loop, pub, wake_in)
+        self._spawn("control", self._control_loop, rep)
+        if out.save_interval > 0:
+            self._spawn("saver", self._save_loop)
+        log.info(
+            "daemon session %s: ingest %s, publish %s, control %s, output %s%s",
+            self.session, self.endpoints.ingest, self.endpoints.publish,
+            self.endpoints.control, self.output_dir, " (CURVE on)" if keys else "",
+        )
+
+    def _curve_keys(self) -> tuple[bytes, bytes] | None:
+        if not self.config.curve.enabled:
+            return None
+        return load_key_pair(self.config.curve.server_secret_key, what="curve.server_secret_key")
+
+    def _bind(self, kind: int, name: str, keys: tuple[bytes, bytes] | None,
+              sockets: list[zmq.Socket]) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sockets.append(sock)
+        sock.linger = 0
+        if kind == zmq.PULL:
+            sock.rcvhwm = self.config.service.ingest_hwm
+        elif kind == zmq.XPUB:
+            sock.sndhwm = PUBLISH_HWM
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if keys is not None:
+            configure_server(sock, *keys)
+        endpoint = getattr(self.config.endpoints, name)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise ServiceError(f"cannot bind endpoints.{name} {endpoint}: {exc}") from None
+        return sock
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=self._guard, args=(name, target, *args), name=name,
+                             daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _guard(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        try:
+            target(*args)
+        except zmq.ContextTerminated:  # the owner of the context closed it: we are done
+            pass
+        except Exception:  # a bug: log it and stop the service rather than limp on
+            log.exception("the %s thread failed; stopping the daemon", name)
+            self.request_stop()
+
+    def healthy(self) -> bool:
+        """True while every thread is running."""
+        return self._started and not self._stopped and all(t.is_alive() for t in self._threads)
+
+    def request_stop(self) -> None:
+        """Ask for a stop (what a ``shutdown`` request does); :meth:`stop` does it."""
+        self.stop_requested.set()
+        if self._on_stop_request is not None:
+            self._on_stop_request()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a stop is requested; True if it was."""
+        return self.stop_requested.wait(timeout)
+
+    def stop(self) -> Path | None:
+        """Stop the threads, save the stack, close everything; return the file saved.
+
+        Takes well under 2 s: each socket loop notices the stop within
+        ``poll_timeout``; frames still waiting in the queue are dropped (counted as
+        ``shutdown``; they are in the raw recording if it is on).
+        """
+        if not self._started or self._stopped:
+            return None
+        t0 = time.monotonic()
+        self._stopped = True
+        self.stop_requested.set()
+        self._stop.set()
+        by_name = {t.name: t for t in self._threads}
+
+        def join(names: tuple[str, ...], until: float) -> None:
+            for name in names:
+                if name in by_name:
+                    by_name[name].join(max(0.0, t0 + until - time.monotonic()))
+
+        join(("ingest", "control", "publisher"), SOCKET_JOIN)
+        self._stats.on_drop("shutdown", self._queue.close())
+        join(("stacker", "snapshot", "saver"), WORK_JOIN)
+        busy = [t.name for t in self._threads if t.is_alive()]
+        path = None
+        try:
+            wait = max(0.0, t0 + SAVE_WAIT - time.monotonic()) if busy else None
+            path = self.save(timeout=wait, max_snapshot_seconds=STOP_SNAPSHOT_SECONDS)
+        except Exception:
+            log.exception("saving the stack at shutdown failed")
+        if self._recorder is not None:
+            self._recorder.close()
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.warning("thread(s) %s still busy in the stacker at stop", ", ".join(stuck))
+        s = self._stats.as_dict()
+        log.info("daemon stopped: %d frames received, %d processed, drops %s; stack %s",
+                 s["frames"]["received"], s["frames"]["processed"],
+                 {k: v for k, v in s["drops"].items() if v}, path)
+        self._teardown(later=bool(stuck))
+        return path
+
+    def _teardown(self, *, later: bool = False) -> None:
+        """Stop the authenticator and terminate an own context (in the background if
+        threads still busy in the stacker have a socket open: it ends when they do)."""
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx and later:
+            threading.Thread(target=self._ctx.term, name="context-term", daemon=True).start()
+        elif self._own_ctx:
+            self._ctx.term()
+        if self._log_handler is not None:
+            detach_session_log(self._log_handler)
+            self._log_handler = None
+
+    # -- ingest --------------------------------------------------------------------------
+
+    def _ingest_loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        timeout_ms = self.config.service.poll_timeout * 1000
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(timeout_ms):
+                    continue
+                for _ in range(INGEST_BATCH):
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_message(parts)
+        finally:
+            sock.close(linger=0)
+
+    def _on_message(self, parts: list[Any]) -> None:
+        """Decode one ingest message and queue it; every failure is a counted drop."""
+        try:
+            header, array = protocol.decode_image(parts)
+            if header["kind"] != "frame":
+                raise protocol.ProtocolError(f"kind must be 'frame', got {header['kind']!r}")
+        except protocol.ProtocolError as exc:
+            self._stats.on_drop("malformed")
+            self._throttle.warning("malformed", "malformed message dropped: %s", exc)
+            return
+        if not isinstance(header.get("source"), str):
+            header["source"] = str(header.get("source", ""))
+        self._stats.on_received(header)
+        if self._recorder is not None:
+            self._recorder.write(header, array)
+        try:
+            dropped = self._queue.put(_Frame(header, array))
+        except QueueClosed:
+            self._stats.on_drop("shutdown")
+            return
+        if dropped is not None:
+            self._stats.on_drop("overflow")
+            self._throttle.warning(
+                "overflow", "frames arrive faster than they are stacked: oldest dropped"
+            )
+
+    # -- processing ----------------------------------------------------------------------
+
+    def _process_loop(self) -> None:
+        batch_size = self.config.service.batch_size
+        while True:
+            try:
+                first = self._queue.get()
+                batch = [first] if first is not None else []
+                while len(batch) < batch_size:
+                    more = self._queue.get(timeout=0)
+                    if more is None:
+                        break
+                    batch.append(more)
+            except QueueClosed:
+                return
+            if batch:
+                self._process(batch)
+
+    def _process(self, batch: list[_Frame]) -> None:
+        """Give a batch of frames to the stacker (one call when it has ``add_batch``)."""
+        with self._stacker_lock:
+            if self._paused:
+                self._stats.on_drop("paused", len(batch))
+                return
+            fmt = self._stack_format
+            good = []
+            for item in batch:
+                if fmt is None:
+                    fmt = (item.array.shape, item.array.dtype)
+                if (item.array.shape, item.array.dtype) != fmt:
+                    self._stats.on_drop("wrong_size")
+                    self._throttle.warning(
+                        "wrong_size", "frame %s %s from %r dropped: the stack is %s %s",
+                        item.array.shape, item.array.dtype, item.header["source"], *fmt,
+                    )
+                else:
+                    good.append(item)
+            if not good:
+                return
+            results = self._add(good)
+            for item, result in zip(good, results, strict=True):
+                if result is None:
+                    continue
+                self._stack_format = fmt
+                admitted = bool(getattr(result, "admitted", False))
+                self._stats.on_processed(
+                    item.header, admitted=admitted, reason=getattr(result, "reason", None),
+                    quality=float(getattr(result, "quality", float("nan"))),
+                )
+                if admitted:
+                    self._version += 1
+
+    def _add(self, items: list[_Frame]) -> list[Any]:
+        """Call the stacker; a frame it refuses is a counted drop (result None)."""
+        add_batch = getattr(self._stacker, "add_batch", None)
+        if len(items) > 1 and add_batch is not None:
+            try:
+                return list(add_batch([i.array for i in items],
+                                      [float(i.header["time"]) for i in items]))
+            except ValueError:
+                pass  # one of them is refused (none was taken): find which, one by one
+            except Exception:
+                log.exception("the stacker's add_batch failed; adding the frames one by one")
+        results: list[Any] = []
+        for item in items:
+            try:
+                t = float(item.header["time"])
+                results.append(self._stacker.add(item.array, timestamp=t))
+            except ValueError as exc:
+                self._stats.on_drop("wrong_size")
+                self._throttle.warning("wrong_size", "frame refused by the stacker: %s", exc)
+                results.append(None)
+            except Exception:
+                self._stats.on_drop("error")
+                log.exception("the stacker failed on frame %s from %r", item.header["seq"],
+                              item.header["source"])
+                results.append(None)
+        return results
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _snapshot_loop(self, wake: zmq.Socket) -> None:
+        """Every ``publish_interval`` s, if the stack changed, hand a new stack message to
+        the publisher (waiting for the stacker's turn, so that stacks keep coming under
+        load; the publisher's status messages never wait for the stacker)."""
+        svc = self.config.service
+        next_due = time.monotonic()
+        try:
+            while not self._stop.wait(max(0.0, next_due - time.monotonic())):
+                # slow snapshots are taken less often, to leave the stacker its share
+                typical = statistics.median(self._snapshot_durations or [0.0])
+                interval = max(svc.publish_interval, typical / svc.max_snapshot_share)
+                next_due = time.monotonic() + interval
+                if self._version == self._published_version:
+                    continue
+                stack = self._take_stack()
+                if stack is not None and not self._stop.is_set():
+                    with self._slot_lock:
+                        self._pending_stack = stack
+                    wake.send(b"")
+        finally:
+            wake.close(linger=0)
+
+    def _snapshot(self, timeout: float | None = None) -> _Taken | None:
+        """A snapshot of the current stack: the latest one taken if the stack has not
+        changed since, else a new one (waiting at most ``timeout`` s for the stacker;
+        None if it stayed busy or has no stack yet)."""
+        taken = self._taken
+        if taken is not None and taken.version == self._version:
+            return taken
+        if not self._stacker_lock.acquire(timeout=timeout):
+            return None
+        try:
+            version, segment = self._version, self._segment
+            t0 = time.perf_counter()
+            snap = self._stacker.snapshot()
+            seconds = time.perf_counter() - t0
+            counters = self._stats.as_dict()
+        finally:
+            self._stacker_lock.release()
+        self._snapshot_seconds = seconds
+        self._snapshot_durations.append(seconds)
+        if snap is None:
+            return None
+        self._snap_stats = plain(snap.stats)
+        taken = _Taken(version, segment, snap, counters, seconds)
+        self._taken = taken
+        return taken
+
+    def _take_stack(self) -> tuple[list[Any], dict[str, Any]] | None:
+        """Snapshot the stacker; return the ``stack`` message parts and their summary."""
+        version = self._version
+        taken = self._snapshot()
+        self._published_version = taken.version if taken is not None else version
+        if taken is None:
+            return None
+        snap, segment = taken.snap, taken.segment
+        newest, frames = taken.counters["newest"], taken.counters["frames"]
+        self._stack_seq += 1
+        pixels = protocol.stack_to_wire(snap.image)
+        meta = {
+            "stats": self._snap_stats,
+            "ap_centres": plain(np.asarray(snap.ap_centres).reshape(-1, 2)),
+            "ap_size": int(snap.ap_size),
+            "newest": newest,
+            "frames_processed": frames["processed"],
+            "session": self.session,
+            "segment": segment,
+        }
+        parts = protocol.encode_image(pixels, kind="stack", seq=self._stack_seq,
+                                      capture_time=time.time(), source=DAEMON_SOURCE,
+                                      meta=meta)
+        info = {"seq": self._stack_seq, "width": pixels.shape[1], "height": pixels.shape[0],
+                "newest_index": newest["index"], "newest_time": newest["time"],
+                "segment": segment}
+        return [protocol.TOPIC_STACK, *parts], info
+
+    def _publish_loop(self, sock: zmq.Socket, wake: zmq.Socket) -> None:
+        svc = self.config.service
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        next_status = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + svc.status_interval
+                    self._rates = self._stats.sample_rates()
+                    sock.send_multipart([protocol.TOPIC_STATUS, protocol.pack(self.status())])
+                wait = min(max(next_status - time.monotonic(), 0.0), svc.poll_timeout)
+                events = dict(poller.poll(wait * 1000))
+                if wake in events:
+                    self._send_new_stack(sock, wake)
+                if sock in events and self._new_stack_subscriber(sock):
+                    latest = self._latest_stack
+                    if latest is not None:
+                        sock.send_multipart(latest, copy=False)
+        finally:
+            sock.close(linger=0)
+            wake.close(linger=0)
+
+    def _send_new_stack(self, sock: zmq.Socket, wake: zmq.Socket) -> None:
+        """Publish the stack the snapshot thread left (if any)."""
+        while True:
+            try:
+                wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        with self._slot_lock:
+            stack, self._pending_stack = self._pending_stack, None
+        if stack is None:
+            return
+        parts, info = stack
+        now = time.time()
+        newest_time = info.pop("newest_time")
+        info.update(time=now, latency_s=None if newest_time is None else now - newest_time)
+        self._latest_stack = parts
+        self._stack_info = info
+        sock.send_multipart(parts, copy=False)
+
+    def _new_stack_subscriber(self, sock: zmq.Socket) -> bool:
+        """Read subscription messages; True if one subscribes to ``stack`` messages."""
+        found = False
+        while True:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return found
+            if msg[:1] == b"\x01" and protocol.TOPIC_STACK.startswith(msg[1:]):
+                found = True
+
+    # -- control -------------------------------------------------------------------------
+
+    def _control_loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        timeout_ms = self.config.service.poll_timeout * 1000
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(timeout_ms):
+                    continue
+                parts = sock.recv_multipart()
+                reply, stop = self.handle_request(parts)
+                sock.send(reply)
+                if stop:
+                    self.request_stop()
+        finally:
+            sock.close(linger=0)
+
+    def handle_request(self, parts: list[bytes]) -> tuple[bytes, bool]:
+        """Answer one control request; return the encoded reply and whether to stop.
+
+        Never raises: a malformed request or a failing command gets an error reply.
+        """
+        if len(parts) != 1:
+            return protocol.encode_error(
+                f"a request is one message part (a msgpack map), got {len(parts)} parts"
+            ), False
+        try:
+            request = protocol.check_request(protocol.unpack(parts[0], what="request"))
+        except protocol.ProtocolError as exc:
+            log.warning("bad control request: %s", exc)
+            return protocol.encode_error(str(exc)), False
+        cmd = request["cmd"]
+        try:
+            result = self._command(request)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            return protocol.encode_error(f"{cmd}: {msg}"), False
+        except Exception as exc:
+            log.exception("control command %r failed", cmd)
+            return protocol.encode_error(f"{cmd} failed: {type(exc).__name__}: {exc}"), False
+        if cmd != "status":
+            log.info("control: %s -> %s", request, result)
+        return protocol.encode_reply(plain(result)), cmd == "shutdown"
+
+    def _command(self, request: dict[str, Any]) -> Any:
+        cmd = request["cmd"]
+        if cmd == "status":
+            return self.status()
+        if cmd == "reset":
+            return self.reset()
+        if cmd == "set":
+            return self.set_param(request["name"], request["value"])
+        if cmd == "save":
+            path = self.save()
+            if path is None:
+                raise ValueError("there is no stack to save yet")
+            return {"path": str(path)}
+        if cmd == "pause":
+            return self.set_paused(True)
+        if cmd == "resume":
+            return self.set_paused(False)
+        if cmd == "shutdown":
+            return {"stopping": True}
+        raise ValueError(f"unknown command {cmd!r}")  # check_request prevents this
+
+    # -- commands ------------------------------------------------------------------------
+
+    def reset(self) -> dict[str, Any]:
+        """Save the current stack, then start a new one (the next file number)."""
+        saved = self.save()
+        with self._stacker_lock:
+            self._stacker.reset()
+            self._stack_format = None
+            self._version += 1
+            self._segment += 1
+            self._resets += 1
+            self._snap_stats = {}
+            self._taken = None
+            segment = self._segment
+        self._latest_stack = None
+        return {"saved": str(saved) if saved else None, "segment": segment}
+
+    def set_param(self, name: str, value: Any) -> dict[str, Any]:
+        """Change a live parameter (validated by the stacker); return its new value."""
+        with self._stacker_lock:
+            self._stacker.set_param(name, value)
+            new = param_value(self._stacker.params, name, value)
+        return {"name": name, "value": plain(new)}
+
+    def set_paused(self, paused: bool) -> dict[str, Any]:
+        """Pause (frames received are dropped as ``paused``) or resume stacking."""
+        with self._stacker_lock:
+            self._paused = paused
+        return {"state": "paused" if paused else "running"}
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def snapshot(self) -> Any:
+        """The stacker's current snapshot (or None)."""
+        with self._stacker_lock:
+            return self._stacker.snapshot()
+
+    def save(self, *, timeout: float | None = None,
+             max_snapshot_seconds: float | None = None) -> Path | None:
+        """Write the stack (if it changed since the last save); return the file or None.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait for a busy stacker (None: as long as it takes).
+        max_snapshot_seconds : float, optional
+            If the last snapshot took longer than this, do not take a new one.
+
+        When no new snapshot can be had in time, the latest snapshot taken is saved
+        instead (if it belongs to the current stack), else nothing.
+        """
+        if not self._save_lock.acquire(timeout=-1 if timeout is None else timeout):
+            log.warning("a save is already under way; not saving again")
+            return None
+        try:
+            return self._save(timeout, max_snapshot_seconds)
+        finally:
+            self._save_lock.release()
+
+    def _save(self, timeout: float | None, max_snapshot_seconds: float | None) -> Path | None:
+        """The body of :meth:`save`, under the save lock."""
+        slow = (max_snapshot_seconds is not None
+                and self._snapshot_seconds > max_snapshot_seconds)
+        taken = None if slow else self._snapshot(timeout)
+        if taken is None:
+            taken = self._taken
+            if taken is None or taken.segment != self._segment:
+                return None
+            if taken.version != self._version:
+                log.warning("the stacker is busy: saving the latest snapshot, taken "
+                            "before the last frames were stacked")
+        if taken.version == self._saved_version:
+            return self._last_save["path"]
+        version, segment, snap = taken.version, taken.segment, taken.snap
+        frames, newest = taken.counters["frames"], taken.counters["newest"]
+        path = numbered(self.output_dir, "stack", self.session, segment,
+                        self.config.output.format)
+        metadata = {
+            "software": "live-stack daemon",
+            "session": self.session,
+            "segment": segment,
+            "frames_processed": frames["processed"],
+            "frames_admitted": frames["admitted"],
+            "newest_capture_time": newest["time"] or 0.0,
+            "saved_time": time.time(),
+        }
+        save_stack(path, snap.image, metadata)
+        self._saved_version = version
+        self._last_save = {"path": path, "time": metadata["saved_time"]}
+        log.info("stack saved to %s (%d frames admitted)", path, frames["admitted"])
+        return path
+
+    def _save_loop(self) -> None:
+        while not self._stop.wait(self.config.output.save_interval):
+            try:
+                self.save()
+            except Exception:
+                log.exception("saving the stack failed")
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` message (see docs/protocol.md)."""
+        s = self._stats.as_dict()
+        snap = self._snap_stats
+        # read without the stacker lock, so that a status never waits for a slow frame
+        params = plain(getattr(self._stacker, "params", {}))
+        state = "paused" if self._paused else "running"
+        segment, resets = self._segment, self._resets
+        if self.stop_requested.is_set():
+            state = "stopping"
+        ep = self.endpoints or self.config.endpoints
+        s.update(
+            v=protocol.PROTOCOL_VERSION,
+            time=time.time(),
+            state=state,
+            uptime_s=time.monotonic() - self._start_time,
+            session=self.session,
+            segment=segment,
+            resets=resets,
+            rates=dict(self._rates),
+            queue={"fill": len(self._queue), "size": self._queue.maxsize},
+            buffer={"fill": snap.get("buffer_fill", 0), "size": snap.get("buffer_size", 0)},
+            aps=snap.get("aps", 0),
+            quality=snap.get("quality", {}),
+            timings_ms=snap.get("timings_ms", {}),
+            stacker=snap,
+            stack=dict(self._stack_info),
+            latency_s=self._stack_info.get("latency_s"),
+            recording=self._recorder.as_dict() if self._recorder else None,
+            output={"directory": str(self.output_dir), "format": self.config.output.format,
+                    "last_saved": plain(self._last_save["path"]),
+                    "last_saved_time": self._last_save["time"]},
+            endpoints=dataclasses.asdict(ep),
+            curve=self.config.curve.enabled,
+            params=params,
+        )
+        return s

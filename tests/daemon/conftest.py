@@ -1,0 +1,200 @@
+"""Fixtures for the daemon tests: real sockets on loopback with random ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from daemon.config import build_config
+from daemon.service import StackingService
+
+#: Bind every socket on a free loopback port.
+ANY_PORT = "tcp://127.0.0.1:*"
+
+#: Seconds any test waits for something to happen over a socket.
+WAIT = 10.0
+
+
+@dataclass(frozen=True)
+class StandInParams:
+    gain: float = 1.0  # the one "live parameter" of the stand-in
+
+
+@dataclass
+class StandInResult:
+    admitted: bool
+    reason: str | None
+    quality: float
+
+
+@dataclass
+class StandInSnapshot:
+    image: np.ndarray
+    stats: dict[str, Any]
+    ap_centres: np.ndarray
+    ap_size: int
+
+
+class SocketMechanicsStandIn:
+    """NOT a stacker: a test-only stand-in used only to test the daemon's socket, queue and
+    control mechanics. It "stacks" nothing: its snapshot is the mean of the frames given
+    (enough to see that frames arrive). Stacking results are tested with the real
+    ``live_stack.live.LiveStacker``.
+
+    ``gate``: when given, ``add`` waits for it, to make processing arbitrarily slow.
+    Frames with a mean below ``reject_below`` are "rejected" (admitted False).
+    ``snapshot_seconds``: how long ``snapshot`` takes (a slow engine).
+    """
+
+    def __init__(self, gate: threading.Event | None = None, reject_below: float = -1.0,
+                 snapshot_seconds: float = 0.0) -> None:
+        self.params = StandInParams()
+        self.gate = gate
+        self.snapshot_seconds = snapshot_seconds
+        self.reject_below = reject_below
+        self.shape: tuple[int, ...] | None = None
+        self.sum: np.ndarray | None = None
+        self.n = 0
+        self.calls = 0
+        self.timestamps: list[float | None] = []
+
+    def add(self, frame: np.ndarray, timestamp: float | None = None) -> StandInResult:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait()
+        if self.shape is not None and frame.shape != self.shape:
+            raise ValueError(f"frame of shape {frame.shape}, the stack is {self.shape}")
+        self.shape = frame.shape
+        self.timestamps.append(timestamp)
+        scale = 255.0 if frame.dtype == np.uint8 else 65535.0 if frame.dtype == np.uint16 else 1
+        f = frame.astype(np.float64) / scale
+        quality = float(f.mean())
+        if quality < self.reject_below:
+            return StandInResult(False, "quality", quality)
+        self.sum = f if self.sum is None else self.sum + f
+        self.n += 1
+        return StandInResult(True, None, quality)
+
+    def snapshot(self) -> StandInSnapshot | None:
+        if self.sum is None:
+            return None
+        if self.snapshot_seconds:
+            threading.Event().wait(self.snapshot_seconds)
+        stats = {"frames_seen": self.calls, "admitted": self.n, "dropped": {},
+                 "buffer_fill": self.n, "buffer_size": 100, "aps": 1,
+                 "quality": {"hist": [self.n], "edges": [0.0, 1.0], "threshold": 0.0},
+                 "timings_ms": {"add": 0.1}}
+        return StandInSnapshot((self.sum / self.n).astype(np.float32), stats,
+                               np.array([[4, 4]]), 8)
+
+    def reset(self) -> None:
+        self.shape, self.sum, self.n = None, None, 0
+
+    def set_param(self, name: str, value: Any) -> None:
+        if name not in ("gain",):
+            raise ValueError(f"unknown parameter {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"gain must be a number > 0, got {value!r}")
+        self.params = dataclasses.replace(self.params, gain=float(value))
+
+
+def config_for(tmp_path: Path, **sections: dict[str, Any]) -> Any:
+    """A DaemonConfig on random loopback ports writing into tmp_path/out."""
+    data: dict[str, dict[str, Any]] = {
+        "endpoints": {"ingest": ANY_PORT, "publish": ANY_PORT, "control": ANY_PORT},
+        "service": {"publish_interval": 0.1, "status_interval": 0.2, "poll_timeout": 0.02},
+        "output": {"directory": str(tmp_path / "out"), "save_interval": 0},
+    }
+    for name, table in sections.items():
+        data.setdefault(name, {}).update(table)
+    return build_config(data)
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context]:
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., StackingService]]:
+    """Start a StackingService (stopped at teardown) around a given stacker."""
+    started: list[StackingService] = []
+
+    def make(stacker: Any, **sections: dict[str, Any]) -> StackingService:
+        svc = StackingService(config_for(tmp_path, **sections), stacker)
+        svc.start()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture
+def standin_cls() -> type[SocketMechanicsStandIn]:
+    """The class of the socket-mechanics stand-in (see its docstring)."""
+    return SocketMechanicsStandIn
+
+
+def _free_port() -> int:
+    """A TCP port free on loopback right now (for daemons run as separate processes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function returning a TCP port free right now."""
+    return _free_port
+
+
+@pytest.fixture
+def endpoints() -> dict[str, str]:
+    """Three free loopback endpoints for a daemon process."""
+    return {name: f"tcp://127.0.0.1:{_free_port()}" for name in ("ingest", "publish", "control")}
+
+
+@pytest.fixture(scope="session")
+def small_capture(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A small simulated capture (80 frames of 160x120, 8-bit mono) with its truth."""
+    from live_stack.simulate import simulate_capture
+
+    out = tmp_path_factory.mktemp("capture")
+    return simulate_capture("moon", frames=80, out_dir=out, width=160, height=120, seed=1)
+
+
+@pytest.fixture
+def daemon_process(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``live-stack daemon ARGS`` as a process; killed at teardown if still running."""
+    import subprocess
+    import sys
+
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(tmp_path / f"daemon-{len(procs)}.log", "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "live_stack.cli", "daemon", *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
