@@ -41,13 +41,14 @@ rows of up to three frames (the first, the middle and the last):
 ``info.metadata["byte_order"]`` reports the order used and ``["byte_order_rule"]`` which
 rule decided.
 
-**Memory.** The reader never reads the whole file: for each frame it maps just that
-frame's byte range (a window aligned to the allocation granularity), copies the frame
-out into a new array and unmaps the window, so the resident set stays flat however
-large the file (the kernel keeps the pages in its page cache). One long-lived mapping
-with ``madvise(MADV_DONTNEED)`` after each frame is not enough: the kernel's fault-around
-maps neighbouring pages of the previous frame back in, and the resident set creeps up
-by tens of KiB per frame. ``SerReader[i]`` always returns a new array.
+**Memory.** The reader never reads the whole file: it maps the file once and copies
+each frame out into a new array (``SerReader[i]`` always returns a new array). The
+pages it touched are dropped from the process with ``madvise(MADV_DONTNEED)`` over the
+whole mapping after every :data:`DROP_BYTES` read, so the resident set stays within
+that much however large the file (the kernel keeps the pages in its page cache).
+Dropping after each frame would not do: the kernel's fault-around maps neighbouring
+pages back in, and the resident set would creep up by tens of KiB per frame. Mapping
+each frame's range anew, which also keeps memory flat, costs five times as long.
 
 **Recording safety.** :class:`SerWriter` writes each frame with an unbuffered write and
 then rewrites the header's FrameCount in place, so a recording killed at any moment reads
@@ -125,7 +126,8 @@ BYTE_ORDER_SMOOTHNESS_RATIO = 4.0
 #: Byte-order detection: at most this many bytes are sampled from each frame.
 BYTE_ORDER_SAMPLE_BYTES = 1 << 20
 
-_GRANULARITY = mmap.ALLOCATIONGRANULARITY
+#: Bytes read between two drops of the mapped pages (bounds the resident set).
+DROP_BYTES = 64 << 20
 
 
 def ticks_to_unix(ticks: np.ndarray | int) -> np.ndarray | float:
@@ -186,6 +188,8 @@ class SerReader(FrameSource):
         except OSError as exc:
             raise SourceError(f"{self._path}: cannot open: {exc.strerror or exc}") from exc
         self._fd: int | None = fd
+        self._map: mmap.mmap | None = None  # the whole file, mapped on first read
+        self._since_drop = 0  # bytes copied out since the pages were last dropped
         try:
             size = os.fstat(fd).st_size
             if size < HEADER_SIZE:
@@ -366,21 +370,24 @@ class SerReader(FrameSource):
     # -- frames -----------------------------------------------------------------------
 
     def _copy_out(self, offset: int, length: int, copy: Callable[[np.ndarray], np.ndarray]):
-        """Map bytes ``[offset, offset + length)``, return ``copy(bytes)``, unmap.
+        """Return ``copy(bytes)`` of the file's bytes ``[offset, offset + length)``.
 
-        ``copy`` gets the bytes as a uint8 array and must return an array that does not
-        refer to them.
+        ``copy`` gets the bytes as a uint8 array (a view on the mapping) and must return
+        an array that does not refer to them.
         """
         assert self._fd is not None
-        start = offset - offset % _GRANULARITY
-        with mmap.mmap(
-            self._fd, offset + length - start, access=mmap.ACCESS_READ, offset=start
-        ) as window:
-            view = np.frombuffer(window, dtype=np.uint8, count=length, offset=offset - start)
-            try:
-                return copy(view)
-            finally:
-                del view  # release the buffer before the window is unmapped
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+            self._since_drop = 0
+        view = np.frombuffer(self._map, dtype=np.uint8, count=length, offset=offset)
+        try:
+            return copy(view)
+        finally:
+            del view  # release the buffer, so that the mapping can be closed
+            self._since_drop += length
+            if self._since_drop >= DROP_BYTES:
+                self._map.madvise(mmap.MADV_DONTNEED)
+                self._since_drop = 0
 
     def _read(self, index: int) -> np.ndarray:
         shape = (self._height, self._width, 3) if self._planes == 3 else (self._height, self._width)
@@ -398,6 +405,9 @@ class SerReader(FrameSource):
         return None if self._timestamps is None else self._timestamps.copy()
 
     def _close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
