@@ -30,6 +30,7 @@ import numpy as np
 
 from live_stack.align import AlignParams, GlobalAlignment, align
 from live_stack.apgrid import APGrid, APParams, lay_grid
+from live_stack.correlate import correlate_spectra
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams, DrizzleSums, crop_output, make_sums
 from live_stack.finish import finish
@@ -37,8 +38,8 @@ from live_stack.local import (
     LocalParams,
     Selection,
     inside,
+    judge,
     make_ap_targets,
-    measure_spectra,
     parse_stack_size,
     select,
     stack_count,
@@ -52,6 +53,9 @@ from live_stack.stack import BlendParams, PatchSums, frame_patches, patch_spectr
 
 #: ``progress(phase, done, total)``.
 PhaseProgress = Callable[[str, int, int], None]
+
+#: Frames whose patches are measured and stacked in one batch.
+FRAMES_PER_BATCH = 8
 
 PHASES = ("rank", "align", "reference", "grid", "select", "stack", "blend")
 
@@ -181,39 +185,54 @@ def stack_aps(
     lock = threading.Lock()
     tally = [0, 0]
 
-    def work(item: tuple[int, np.ndarray]) -> None:
-        f, frame = item
-        rank_f = selection.rank[f]
-        aps = np.flatnonzero(rank_f >= 0)
-        centres = grid.centres[aps] + np.rint(alignment.shifts[f]).astype(np.intp)
-        fits = inside(centres, grid.fft_size, frame.shape)
-        aps, centres = aps[fits], centres[fits]
-        measured = len(aps)
-        ok = np.zeros(0, dtype=bool)
-        if measured:
-            patches = frame_patches(frame, centres, grid.fft_size)
-            spec, lum = patch_spectra(patches)
-            shifts = measure_spectra(lum, aps, grid, targets, params)
-            ok = shifts.ok
-        if ok.any():
-            aps_ok = aps[ok]
-            dy, dx = shifts.dy[ok], shifts.dx[ok]
-            spectra = sums[0].prepare(aps_ok, patches[ok], dy, dx, spectra=spec[ok])
-            ranks = rank_f[aps_ok]
+    def work(chunk: list[tuple[int, np.ndarray]]) -> None:
+        # cut every selected patch of the chunk's frames, then transform and measure
+        # them in one batch (the transforms release the GIL; batching keeps the
+        # per-call Python work small)
+        cuts = []
+        for f, frame in chunk:
+            aps = np.flatnonzero(selection.rank[f] >= 0)
+            centres = grid.centres[aps] + np.rint(alignment.shifts[f]).astype(np.intp)
+            fits = inside(centres, grid.fft_size, frame.shape)
+            cuts.append((f, aps[fits], frame_patches(frame, centres[fits], grid.fft_size)))
+        measured = sum(len(aps) for _, aps, _ in cuts)
+        if not measured:
+            return
+        patches = np.concatenate([p for _, _, p in cuts])
+        all_aps = np.concatenate([aps for _, aps, _ in cuts])
+        spec, lum = patch_spectra(patches)
+        r = correlate_spectra(lum, targets, index=all_aps, max_shift=grid.search)
+        ok = np.zeros(measured, dtype=bool)
+        start = 0
+        for _, aps, _ in cuts:
+            part = slice(start, start + len(aps))
+            ok[part] = judge(r.dy[part], r.dx[part], r.strength[part], aps, grid, params)
+            start += len(aps)
+        dy, dx = r.dy[ok], r.dx[ok]
+        spectra = sums[0].prepare(all_aps[ok], patches[ok], dy, dx, spectra=spec[ok])
+        frame_of = np.concatenate([np.full(len(aps), f) for f, aps, _ in cuts])[ok]
+        aps_ok = all_aps[ok]
         with lock:
             tally[0] += measured
             tally[1] += measured - int(ok.sum())
-            if ok.any():
+            for f in np.unique(frame_of):
+                mine = frame_of == f
                 used[f] = True
-                for s, count in zip(sums, selection.counts, strict=True):
-                    keep = ranks < count
-                    if keep.all():
-                        s.add(aps_ok, spectra, dy, dx)
-                    elif keep.any():
-                        s.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
+                ranks = selection.rank[f][aps_ok[mine]]
+                for acc, count in zip(sums, selection.counts, strict=True):
+                    keep = np.flatnonzero(mine)[ranks < count]
+                    if len(keep):
+                        acc.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
 
-    run_in_order(work, ((int(f), frames[int(f)]) for f in todo), threads=threads,
-                 progress=progress, total=len(todo))
+    def chunks():
+        for start in range(0, len(todo), FRAMES_PER_BATCH):
+            yield [(int(f), frames[int(f)]) for f in todo[start : start + FRAMES_PER_BATCH]]
+
+    run_in_order(work, chunks(), threads=threads,
+                 progress=None if progress is None else
+                 (lambda done, total: progress(min(len(todo), done * FRAMES_PER_BATCH),
+                                               len(todo))),
+                 total=(len(todo) + FRAMES_PER_BATCH - 1) // FRAMES_PER_BATCH)
     return sums, np.flatnonzero(used), tally[0], tally[1]
 
 
