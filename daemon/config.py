@@ -192,6 +192,24 @@ class CurveParams:
 
 
 @dataclass(frozen=True)
+class FrameParams:
+    """How received frames are prepared before they are stacked ([frames])."""
+
+    dark: str = ""  # master dark (live-stack master-dark) subtracted from every frame; "": none
+    flat: str = ""  # master flat (live-stack master-flat) every frame is divided by; "": none
+    debayer: str = "bilinear"  # demosaicing of raw Bayer frames: bilinear, vng (8-bit) or ea
+
+    def __post_init__(self) -> None:
+        from live_stack.colour import METHODS
+
+        if self.debayer not in METHODS:
+            raise ValueError(f"frames.debayer must be one of {METHODS}, got {self.debayer!r}")
+        for name in ("dark", "flat"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"frames.{name} must be a file name, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything the daemon needs besides the stacker itself."""
 
@@ -199,11 +217,13 @@ class DaemonConfig:
     service: ServiceParams = field(default_factory=ServiceParams)  # queueing and publishing
     output: OutputParams = field(default_factory=OutputParams)  # persistence
     curve: CurveParams = field(default_factory=CurveParams)  # security
+    frames: FrameParams = field(default_factory=FrameParams)  # calibration and debayering
     live: Mapping[str, Any] = field(default_factory=dict)  # LiveParams keyword arguments
 
     def __post_init__(self) -> None:
         for name, kind in (("endpoints", Endpoints), ("service", ServiceParams),
-                           ("output", OutputParams), ("curve", CurveParams)):
+                           ("output", OutputParams), ("curve", CurveParams),
+                           ("frames", FrameParams)):
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if not isinstance(self.live, Mapping) or not all(isinstance(k, str) for k in self.live):
@@ -225,6 +245,7 @@ SECTIONS: dict[str, type] = {
     "service": ServiceParams,
     "output": OutputParams,
     "curve": CurveParams,
+    "frames": FrameParams,
 }
 
 

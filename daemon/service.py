@@ -105,6 +105,28 @@ class Stacker(Protocol):
     def set_param(self, name: str, value: Any) -> None: ...
 
 
+class FramePreparation:
+    """Calibrate (dark, flat) and debayer a received frame, as ``[frames]`` says.
+
+    The masters are read once, here; a file that can't be read is an error at start-up.
+    Frames whose layout is a Bayer pattern come out RGB; others pass through.
+    """
+
+    def __init__(self, params: Any) -> None:
+        from live_stack.calibrate import CalibParams, load_calibration
+        from live_stack.colour import ColourParams
+
+        self.calibration = load_calibration(CalibParams(dark=params.dark, flat=params.flat))
+        self.colour = ColourParams(debayer=params.debayer)
+
+    def __call__(self, frame: np.ndarray, layout: str) -> np.ndarray:
+        from live_stack.colour import debayer_frame
+
+        if self.calibration is not None:
+            frame = self.calibration.apply(frame)
+        return debayer_frame(frame, layout, self.colour)
+
+
 @dataclass
 class _Frame:
     """A received frame waiting for the stacker."""
@@ -208,6 +230,7 @@ class StackingService:
     ) -> None:
         self.config = config
         self._stacker = stacker
+        self._prepare = FramePreparation(config.frames)
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
         self._on_stop_request = on_stop_request
@@ -503,6 +526,13 @@ class StackingService:
             fmt = self._stack_format
             good = []
             for item in batch:
+                try:
+                    item.array = self._prepare(item.array, item.header["layout"])
+                except ValueError as exc:
+                    self._stats.on_drop("malformed")
+                    self._throttle.warning("prepare", "frame from %r dropped: %s",
+                                           item.header["source"], exc)
+                    continue
                 if fmt is None:
                     fmt = (item.array.shape, item.array.dtype)
                 if (item.array.shape, item.array.dtype) != fmt:
