@@ -862,19 +862,24 @@ class StackingService:
         frames, newest = taken.counters["frames"], taken.counters["newest"]
         path = numbered(self.output_dir, "stack", self.session, segment,
                         self.config.output.format)
+        # the stacker's own count includes the frames it collected while warming up,
+        # which are in the stack although their add() said "warmup"
+        stats = getattr(snap, "stats", None) or {}
+        admitted = int(stats.get("admitted", frames["admitted"]))
         metadata = {
             "software": "live-stack daemon",
             "session": self.session,
             "segment": segment,
             "frames_processed": frames["processed"],
-            "frames_admitted": frames["admitted"],
+            "frames_admitted": admitted,
+            "frames_in_buffer": int(stats.get("buffer_fill", 0)),
             "newest_capture_time": newest["time"] or 0.0,
             "saved_time": time.time(),
         }
         save_stack(path, snap.image, metadata)
         self._saved_version = version
         self._last_save = {"path": path, "time": metadata["saved_time"]}
-        log.info("stack saved to %s (%d frames admitted)", path, frames["admitted"])
+        log.info("stack saved to %s (%d frames admitted)", path, admitted)
         return path
 
     def _save_loop(self) -> None:
