@@ -36,7 +36,7 @@ from live_stack.quality import Progress, Ranking
 MODES = ("auto", "surface", "planet")
 
 #: Frames measured together (amortises per-call FFT overhead).
-BATCH = 16
+BATCH = 8
 
 #: Fraction of the frame that must be dark sky for ``auto`` to choose ``planet`` mode.
 SKY_FRACTION_FOR_PLANET = 0.35

@@ -101,18 +101,23 @@ class APGrid:
 
 
 def structure(lum: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
-    """Smaller eigenvalue of the structure tensor summed over each AP box, per pixel."""
-    gx = cv2.Sobel(lum, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
-    gy = cv2.Sobel(lum, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
-    sums = [cv2.integral(a.astype(np.float32), sdepth=cv2.CV_64F)
-            for a in (gx * gx, gy * gy, gx * gy)]
+    """Smaller eigenvalue of the structure tensor summed over each AP box, per pixel.
+
+    The tensor is summed box by box (on a box and a one-pixel rim, for the gradient), so
+    no full-frame temporaries are made: a few hundred boxes cost far less memory than
+    integral images of a large frame.
+    """
     h = size // 2
-    y0, x0 = centres[:, 0] - h, centres[:, 1] - h
-    y1, x1 = centres[:, 0] + h, centres[:, 1] + h
-    jxx, jyy, jxy = (s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] for s in sums)
-    tr, det = jxx + jyy, jxx * jyy - jxy * jxy
-    lam_min = tr / 2 - np.sqrt(np.maximum(tr * tr / 4 - det, 0.0))
-    return lam_min / float(size * size)
+    out = np.zeros(len(centres))
+    for i, (cy, cx) in enumerate(centres):
+        y0, x0 = max(int(cy) - h - 1, 0), max(int(cx) - h - 1, 0)
+        box = lum[y0 : int(cy) + h + 1, x0 : int(cx) + h + 1].astype(np.float32)
+        gx = cv2.Sobel(box, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)[1:-1, 1:-1]
+        gy = cv2.Sobel(box, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)[1:-1, 1:-1]
+        jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
+        tr, det = jxx + jyy, jxx * jyy - jxy * jxy
+        out[i] = tr / 2 - np.sqrt(max(tr * tr / 4 - det, 0.0))
+    return out / float(size * size)
 
 
 def lay_grid(

@@ -127,7 +127,7 @@ BYTE_ORDER_SMOOTHNESS_RATIO = 4.0
 BYTE_ORDER_SAMPLE_BYTES = 1 << 20
 
 #: Bytes read between two drops of the mapped pages (bounds the resident set).
-DROP_BYTES = 64 << 20
+DROP_BYTES = 16 << 20
 
 
 def ticks_to_unix(ticks: np.ndarray | int) -> np.ndarray | float:
