@@ -79,6 +79,8 @@ class LiveParams:
     reference_interval: int = 200  # the stack becomes the AP reference after this many admitted
     # frames, then after twice as many more, and so on (0: never)
     work_budget: int = 96  # (frame, AP) pairs re-measured per add() after a grid/reference change
+    sync_budget: int = 8  # selection changes applied to the AP sums per add(); the rest wait
+    # for the next snapshot, where changes that undid each other meanwhile cost nothing
     relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame
     reset_after: int = 60  # consecutive frames that fail to align before starting over
     snapshot_interval: float = 1.0  # seconds between snapshots a driver should take
@@ -106,6 +108,8 @@ class LiveParams:
             raise ValueError(f"reference_interval must be >= 0, got {self.reference_interval}")
         if self.work_budget < 1:
             raise ValueError(f"work_budget must be >= 1, got {self.work_budget}")
+        if self.sync_budget < 0:
+            raise ValueError(f"sync_budget must be >= 0, got {self.sync_budget}")
         if not 0.01 <= self.relay_drift <= 1.0:
             raise ValueError(f"relay_drift must be in [0.01, 1], got {self.relay_drift}")
         if self.reset_after < 1:
@@ -725,10 +729,12 @@ class LiveStacker:
             self._sync(self._next, budget)
             if not self._next.pending():
                 self._state, self._next = self._next, None
-        elif self._state is not None:
-            # stale pairs first, then net selection changes: what is left for the next
-            # snapshot stays small, so snapshots are quick
+        elif self._state is not None and self._state.stale.any():
             self._sync(self._state, budget)
+        elif self._state is not None and self._params.sync_budget:
+            # a little of the net selection changes now, so that snapshots stay quick;
+            # the rest at the snapshot
+            self._sync(self._state, self._params.sync_budget)
 
     def _check_drift(self) -> None:
         """Re-anchor on a recent frame when the object has drifted far from the target."""
