@@ -54,7 +54,11 @@ from live_stack.stack import BlendParams, PatchSums, frame_patches, patch_spectr
 #: ``progress(phase, done, total)``.
 PhaseProgress = Callable[[str, int, int], None]
 
-#: Frames whose patches are measured and stacked in one batch.
+#: Patches measured and stacked in one batch (the frames of a batch are added until it
+#: holds this many): big enough to amortise the per-call work, small enough that the
+#: batches in flight stay small for large frames.
+PATCHES_PER_BATCH = 128
+#: Frames in one batch at most.
 FRAMES_PER_BATCH = 8
 
 PHASES = ("rank", "align", "reference", "grid", "select", "stack", "blend")
@@ -152,6 +156,21 @@ class PipelineResult:
         }
 
 
+def _batch_bounds(per_frame: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive frames holding about PATCHES_PER_BATCH patches."""
+    bounds = []
+    start = 0
+    count = 0
+    for i, k in enumerate(per_frame):
+        count += int(k)
+        if count >= PATCHES_PER_BATCH or i + 1 - start >= FRAMES_PER_BATCH:
+            bounds.append((start, i + 1))
+            start, count = i + 1, 0
+    if start < len(per_frame):
+        bounds.append((start, len(per_frame)))
+    return bounds
+
+
 def stack_aps(
     frames: Sequence[np.ndarray],
     alignment: GlobalAlignment,
@@ -224,15 +243,17 @@ def stack_aps(
                     if len(keep):
                         acc.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
 
+    per_frame = (selection.rank[todo] >= 0).sum(axis=1) if len(todo) else np.zeros(0, int)
+    bounds = _batch_bounds(per_frame)
+
     def chunks():
-        for start in range(0, len(todo), FRAMES_PER_BATCH):
-            yield [(int(f), frames[int(f)]) for f in todo[start : start + FRAMES_PER_BATCH]]
+        for start, stop in bounds:
+            yield [(int(f), frames[int(f)]) for f in todo[start:stop]]
 
     run_in_order(work, chunks(), threads=threads,
                  progress=None if progress is None else
-                 (lambda done, total: progress(min(len(todo), done * FRAMES_PER_BATCH),
-                                               len(todo))),
-                 total=(len(todo) + FRAMES_PER_BATCH - 1) // FRAMES_PER_BATCH)
+                 (lambda done, total: progress(bounds[done - 1][1], len(todo))),
+                 total=len(bounds))
     return sums, np.flatnonzero(used), tally[0], tally[1]
 
 
