@@ -566,12 +566,16 @@ class LiveStacker:
         """The global shift of the frame in ``slot``, in the coordinates of ``state``."""
         return self._shift[slot] + state.origin
 
+    def _centres(self, state: _APState, slot: int, aps: np.ndarray | None = None) -> np.ndarray:
+        """Where the patches of the frame in ``slot`` are cut for ``aps`` (default: all):
+        the APs' centres moved by the frame's whole-pixel global shift."""
+        centres = state.grid.centres if aps is None else state.grid.centres[aps]
+        return centres + np.rint(self._shift_in(state, slot)).astype(np.intp)
+
     def _ap_quality(self, state: _APState, slot: int) -> None:
-        shift = self._shift_in(state, slot)
         q = box_quality(self._cells[slot][None], self._scale, state.grid.boxes,
-                        shift[None])[0]
-        offset = np.rint(shift).astype(np.intp)
-        fits = inside(state.grid.centres + offset, state.grid.fft_size, self._shape)
+                        self._shift_in(state, slot)[None])[0]
+        fits = inside(self._centres(state, slot), state.grid.fft_size, self._shape)
         state.q[slot] = np.where(fits, q, -np.inf)
 
     def _enter(self, state: _APState, slot: int) -> None:
@@ -630,11 +634,9 @@ class LiveStacker:
         groups = [(slot, aps) for slot, aps in groups if len(aps)]
         if not groups:
             return
-        grid = state.grid
         patches = np.concatenate([
-            frame_patches(self._frames[slot],
-                          grid.centres[aps] + np.rint(self._shift_in(state, slot)).astype(np.intp),
-                          grid.fft_size)
+            frame_patches(self._frames[slot], self._centres(state, slot, aps),
+                          state.grid.fft_size)
             for slot, aps in groups])
         dy = np.concatenate([state.dy[slot, aps] for slot, aps in groups])
         dx = np.concatenate([state.dx[slot, aps] for slot, aps in groups])
@@ -658,7 +660,7 @@ class LiveStacker:
         cuts = []
         for slot, aps in groups:
             aps = aps[~(state.measured[slot, aps] & ~state.okm[slot, aps])]
-            centres = grid.centres[aps] + np.rint(self._shift_in(state, slot)).astype(np.intp)
+            centres = self._centres(state, slot, aps)
             fits = inside(centres, grid.fft_size, self._shape)
             # patches that left the frame (after a re-anchor) count as failed
             state.measured[slot, aps[~fits]] = True
