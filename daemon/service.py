@@ -114,17 +114,16 @@ class FramePreparation:
 
     def __init__(self, params: Any) -> None:
         from live_stack.calibrate import CalibParams, load_calibration
-        from live_stack.colour import ColourParams
+        from live_stack.colour import ColourParams, debayer_frame
 
         self.calibration = load_calibration(CalibParams(dark=params.dark, flat=params.flat))
         self.colour = ColourParams(debayer=params.debayer)
+        self._debayer = debayer_frame
 
     def __call__(self, frame: np.ndarray, layout: str) -> np.ndarray:
-        from live_stack.colour import debayer_frame
-
         if self.calibration is not None:
             frame = self.calibration.apply(frame)
-        return debayer_frame(frame, layout, self.colour)
+        return self._debayer(frame, layout, self.colour)
 
 
 @dataclass

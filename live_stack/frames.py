@@ -8,6 +8,7 @@ type maps to ``[0, 1]``; floating-point input is taken to be on that scale alrea
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 #: The integer dtypes a frame may have, with the value that maps to 1.0.
@@ -92,8 +93,6 @@ def luminance_u8_or_f32(frame: np.ndarray) -> np.ndarray:
     frame = check_frame(frame)
     if frame.ndim == 2:
         return frame
-    import cv2
-
     if frame.dtype.kind == "f":
         return luminance(frame)
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
