@@ -384,8 +384,11 @@ class IndiSource:
                                   p.host, p.port, wanted, listed)
                         return EXIT_NO_DEVICE
                     delay = self._backoff.next()
-                    log.warning("the INDI server lists no %s (devices: %s); retrying in %.1f s",
-                                wanted, listed, delay)
+                    log.warning("the INDI server lists no %s (devices: %s); reconnecting in "
+                                "%.1f s", wanted, listed, delay)
+                    # A server restarted a moment ago may have taken the connection before
+                    # its drivers were up; a new connection asks for every property again.
+                    self.link.disconnect()
                     self._pause(delay)
                     continue
                 found_once = True
