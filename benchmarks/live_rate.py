@@ -19,6 +19,7 @@ Usage::
 
     python3 benchmarks/live_rate.py [--cache DIR] [--frames N] [--chunk 8]
                                     [--window-frames 600] [--quick]
+                                    [--allocator tuned|default|both]
 """
 
 from __future__ import annotations
@@ -94,12 +95,20 @@ def replay(frames: list[np.ndarray], total: int, chunk: int, params) -> dict:
             "rss_end": rss_mib(), "frames": total}
 
 
-def run_case(video: str, total: int, chunk: int, window_frames: int) -> dict:
-    """One replay in this (fresh) process: load the frames, replay, return the figures."""
+def run_case(video: str, total: int, chunk: int, window_frames: int, tune: bool) -> dict:
+    """One replay in this (fresh) process: load the frames, replay, return the figures.
+
+    ``tune``: set the allocator as the ``live-stack`` entry point does for the daemon
+    (:func:`live_stack.allocator.tune_allocator`).
+    """
     from dataclasses import replace
 
+    from live_stack.allocator import tune_allocator
     from live_stack.io import open_source
     from live_stack.live import LiveParams
+
+    if tune and not tune_allocator():
+        sys.exit("could not tune the allocator here (not glibc, or MALLOC_TOP_PAD_ is set)")
 
     with open_source(video) as src:
         frames = [np.array(src[i]) for i in range(len(src))]
@@ -146,6 +155,9 @@ def main() -> int:
                    help="also run with this rolling window (0: skip that run)")
     p.add_argument("--sizes", default="640x480,1280x960", help="comma-separated WxH")
     p.add_argument("--quick", action="store_true", help="fewer frames")
+    p.add_argument("--allocator", choices=("tuned", "default", "both"), default="tuned",
+                   help="glibc malloc as the live-stack command sets it (tuned), as glibc "
+                        "leaves it (default), or both, one after the other")
     args = p.parse_args()
     print_header("live stacker sustained ingest")
     distinct = QUICK_DISTINCT if args.quick else DISTINCT
@@ -158,9 +170,13 @@ def main() -> int:
         runs = [("default parameters", 0)]
         if args.window_frames:
             runs.append((f"window_frames={args.window_frames}", args.window_frames))
-        for label, window in runs:
+        tunes = {"tuned": (True,), "default": (False,), "both": (True, False)}[args.allocator]
+        for (label, window), tune in ((run, t) for run in runs for t in tunes):
+            if args.allocator == "both":
+                label = f"{label} [{'tuned' if tune else 'default'} allocator]"
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                r = pool.submit(run_case, str(cap.video), total, args.chunk, window).result()
+                r = pool.submit(run_case, str(cap.video), total, args.chunk, window,
+                                tune).result()
             verdict = {True: "met", False: "NOT met"}
             target = (f", target >= {TARGET_FPS:.0f} frames/s: overall "
                       f"{verdict[r['fps'] >= TARGET_FPS]}, steady state "

@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from live_stack.allocator import tune_allocator
+
 #: sub-command -> ("module:function", one-line help). Each function takes argv (the
 #: arguments after the sub-command) and returns the process exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"live-stack: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, _ = COMMANDS[name]
+    tune_allocator()
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(rest) or 0)
