@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import linecache
 import re
 import typing
 from collections.abc import Mapping
@@ -24,16 +25,29 @@ _COMMENT_RE = re.compile(r"^\s*(\w+)\s*:.*?#\s*(.+)$")
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """The trailing comment of each field in the class source, used as its help text."""
+    """The trailing comment of each field in the class source, used as its help text.
+
+    The class body is found by scanning its module's lines for ``class NAME`` (no
+    parsing: ``inspect.getsource`` parses the whole module, which cost most of the
+    ``reprocess`` start-up's option building).
+    """
     try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
+        filename = inspect.getsourcefile(cls)
+    except TypeError:
         return {}
-    helps = {}
-    for line in source.splitlines():
+    lines = linecache.getlines(filename) if filename else []
+    start = re.compile(rf"^class\s+{re.escape(cls.__name__)}\b")
+    helps: dict[str, str] = {}
+    inside = False
+    for line in lines:
+        if not inside:
+            inside = bool(start.match(line))
+            continue
+        if line.strip() and not line[0].isspace():
+            break  # the end of the class body
         m = _COMMENT_RE.match(line)
         if m:
-            helps[m.group(1)] = m.group(2).strip()
+            helps.setdefault(m.group(1), m.group(2).strip())
     return helps
 
 
