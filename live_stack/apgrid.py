@@ -14,6 +14,12 @@ import cv2
 import numpy as np
 
 
+#: An AP is lit when at least this many pixels of its box reach the brightness threshold
+#: (a 4x4 area: a small moon beside a planet gets its AP, a hot pixel does not; the mean
+#: brightness of the box, the earlier test, dropped a 7-pixel moon as dim sky).
+MIN_LIT_PIXELS = 16
+
+
 @dataclass(frozen=True)
 class APParams:
     """Parameters of the AP grid (CLI/config prefix ``ap_``)."""
@@ -21,7 +27,7 @@ class APParams:
     size: int = 64  # side of an AP's box in pixels (the patch that is stacked), even
     step: int = 0  # distance between neighbouring APs; 0 = three quarters of the size
     search: int = 8  # largest local shift, in pixels, measured around each AP
-    min_brightness: float = 0.1  # drop APs whose mean is below this share of the bright end
+    min_brightness: float = 0.1  # drop APs with under 16 pixels at this share of the bright end
     min_structure: float = 0.04  # drop APs with less structure than this share of the 90th pct
 
     def __post_init__(self) -> None:
@@ -159,12 +165,13 @@ def lay_grid(
     centres = np.column_stack([gy.ravel(), gx.ravel()]).astype(np.intp)
     ref = reference.astype(np.float32, copy=False)
     bright = float(np.percentile(ref, 99.5)) or 1.0
-    sat = cv2.integral(ref, sdepth=cv2.CV_64F)
     hs = params.size // 2
     cy, cx = centres[:, 0], centres[:, 1]
-    mean = (sat[cy + hs, cx + hs] - sat[cy - hs, cx + hs] - sat[cy + hs, cx - hs]
-            + sat[cy - hs, cx - hs]) / float(params.size**2)
-    lit = mean >= params.min_brightness * bright
+    mask = (ref >= params.min_brightness * bright).astype(np.uint8)
+    sat = cv2.integral(mask, sdepth=cv2.CV_32S)
+    count = (sat[cy + hs, cx + hs] - sat[cy - hs, cx + hs] - sat[cy + hs, cx - hs]
+             + sat[cy - hs, cx - hs])
+    lit = count >= MIN_LIT_PIXELS
     struct = structure(ref, centres, params.size)
     ref_level = float(np.percentile(struct[lit], 90)) if lit.any() else 0.0
     textured = struct >= params.min_structure * ref_level if ref_level > 0 else np.zeros_like(lit)

@@ -50,6 +50,26 @@ def test_flat_boxes_are_dropped(moon) -> None:
     assert len(everything) == len(grid) + grid.dropped_flat
 
 
+def test_a_small_moon_gets_an_ap_and_a_hot_pixel_does_not() -> None:
+    # a planet-like disk, a 7-pixel moon on the black sky beside it, and a hot pixel
+    yy, xx = np.mgrid[:H, :W]
+    image = np.where(np.hypot(yy - 120, xx - 100) < 60, 0.5, 0.0).astype(np.float32)
+    image += (0.05 * np.sin(yy / 3.0) * (image > 0)).astype(np.float32)  # bands
+    image[np.hypot(yy - 120, xx - 250) < 3.6] = 0.9  # the moon
+    image[40, 280] = 1.0  # the hot pixel
+    grid = lay_grid(image, APParams(size=32, step=16))
+    on_moon = [box for box in _boxes(grid) if image[box].max() >= 0.9 and
+               image[box][image[box] >= 0.9].size >= 16]
+    assert on_moon, "no AP covers the moon"
+    for y0, x0, y1, x1 in grid.boxes.astype(int):
+        assert not (y0 <= 40 < y1 and x0 <= 280 < x1 and image[y0:y1, x0:x1].sum() < 2)
+    # judged by the mean of the box (as once), the moon's boxes were all dim
+    moon_boxes = (grid.boxes[:, 1] > 200)
+    assert moon_boxes.any()
+    means = [float(image[box].mean()) for box in _boxes(grid)]
+    assert min(m for m, keep in zip(means, moon_boxes, strict=True) if keep) < 0.1 * 0.9
+
+
 def test_dim_threshold_is_a_parameter(planet) -> None:
     loose = lay_grid(planet, APParams(size=32, min_brightness=0.0, min_structure=0.0))
     strict = lay_grid(planet, APParams(size=32, min_brightness=0.3))
