@@ -430,6 +430,9 @@ class StackingService:
         if self._recorder is not None:
             self._recorder.close()
         stuck = [t.name for t in self._threads if t.is_alive()]
+        close = getattr(self._stacker, "close", None)  # the stacker's worker threads
+        if close is not None and "stacker" not in stuck and "snapshot" not in stuck:
+            close()
         if stuck:
             log.warning("thread(s) %s still busy in the stacker at stop", ", ".join(stuck))
         s = self._stats.as_dict()

@@ -28,7 +28,7 @@ class APParams:
     step: int = 0  # distance between neighbouring APs; 0 = three quarters of the size
     search: int = 8  # largest local shift, in pixels, measured around each AP
     min_brightness: float = 0.1  # drop APs with under 16 pixels at this share of the bright end
-    min_structure: float = 0.04  # drop APs with less structure than this share of the 90th pct
+    min_structure: float = 0.02  # drop APs with less structure than this share of the 90th pct
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 512 or self.size % 2:

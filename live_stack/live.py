@@ -24,6 +24,7 @@ import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from live_stack.align import (
     measure_shifts,
 )
 from live_stack.apgrid import APGrid, APParams, lay_grid
-from live_stack.correlate import correlate_spectra
+from live_stack.correlate import Shifts, correlate_spectra
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams, crop_output, downscale, make_sums, scale_points
 from live_stack.finish import finish
@@ -50,6 +51,7 @@ from live_stack.local import (
     parse_stack_size,
 )
 from live_stack.normalize import NormalizeParams
+from live_stack.parallel import split_run
 from live_stack.quality import QualityMap, QualityParams, box_quality, quality_map
 from live_stack.reference import covered_box, mean_aligned
 from live_stack.sharpen import SharpenParams
@@ -65,6 +67,14 @@ BACKGROUND_FRAMES = 16
 HIST_BINS = 20
 #: A frame aligns "too weakly" below this share of the recent median strength.
 WEAK_SHARE = 0.4
+#: Frames that cannot enter the full buffer (quality at or below its worst, no window)
+#: are dropped before they are aligned, except one in this many: those are aligned as
+#: before, so that a change of target (frames that no longer align) is still noticed;
+#: after one fails, every frame is aligned again until one succeeds.
+GATE_SAMPLE = 4
+#: Fewest frames, and fewest (frame, AP) patches, worth a thread of their own.
+MIN_FRAMES_PER_THREAD = 2
+MIN_PATCHES_PER_THREAD = 16
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class LiveParams:
     relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame
     reset_after: int = 60  # consecutive frames that fail to align before starting over
     snapshot_interval: float = 1.0  # seconds between snapshots a driver should take
+    threads: int = 2  # threads for the per-frame work: the calling one and threads - 1 more
     quality: QualityParams = field(default_factory=QualityParams)  # frame quality measure
     align: AlignParams = field(default_factory=AlignParams)  # global alignment
     ap: APParams = field(default_factory=APParams)  # AP grid
@@ -116,6 +127,8 @@ class LiveParams:
             raise ValueError(f"reset_after must be >= 1, got {self.reset_after}")
         if self.snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0, got {self.snapshot_interval}")
+        if not 1 <= self.threads <= 64:
+            raise ValueError(f"threads must be 1..64, got {self.threads}")
 
     def per_ap(self, fill: int) -> int:
         """Frames stacked per AP when the buffer holds ``fill`` frames."""
@@ -226,7 +239,29 @@ class LiveStacker:
         if not isinstance(params, LiveParams):
             raise ValueError(f"params must be LiveParams, got {type(params).__name__}")
         self._params = params
+        self._pool: ThreadPoolExecutor | None = None
         self.reset()
+
+    def close(self) -> None:
+        """Stop the worker threads (the stacker still works, in the calling thread only,
+        until it next needs them)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> LiveStacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _split(self, work, n: int, min_items: int) -> list:
+        """:func:`~live_stack.parallel.split_run` on this stacker's threads."""
+        threads = self._params.threads
+        if threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=threads - 1,
+                                            thread_name_prefix="live-stack")
+        return split_run(work, n, self._pool, parts=threads, min_items=min_items)
 
     # ------------------------------------------------------------------ state
     @property
@@ -252,6 +287,8 @@ class LiveStacker:
         self._warm: list[tuple[np.ndarray, float, np.ndarray, float]] = []
         self._recent: deque[tuple[int, float]] = deque(maxlen=RECENT)  # (slot, strength)
         self._fails = 0
+        self._gated = 0  # frames the quality gate saw (every GATE_SAMPLE-th is aligned)
+        self._unaligned = 0  # frames it dropped without aligning them
         self._seen = 0
         self._admitted = 0
         self._since_reference = 0
@@ -266,10 +303,10 @@ class LiveStacker:
     def _restart(self) -> None:
         """Start a new stack (new target) but keep the running counters."""
         kept = (self._seen, self._admitted, self._dropped, self._evicted, self._events,
-                self._timing, self._local_failed, self._local_measured)
+                self._timing, self._local_failed, self._local_measured, self._unaligned)
         self.reset()
         (self._seen, self._admitted, self._dropped, self._evicted, self._events,
-         self._timing, self._local_failed, self._local_measured) = kept
+         self._timing, self._local_failed, self._local_measured, self._unaligned) = kept
 
     def set_param(self, name: str, value: Any) -> LiveParams:
         """Change one parameter while running.
@@ -308,6 +345,8 @@ class LiveStacker:
                 raise ValueError(str(exc).replace(f"{prefix}_{sub}", name)) from None
             new = dataclasses.replace(p, **{prefix: new_phase})
         self._params = new
+        if name == "threads":
+            self.close()  # the next batch starts a pool of the new size
         restart = name in ("buffer_size", "warmup") or name.startswith(
             ("ap_", "quality_", "align_", "local_", "drizzle_"))
         if restart:
@@ -373,10 +412,13 @@ class LiveStacker:
         now = time.time()
         times = [now] * len(frames) if timestamps is None else [float(t) for t in timestamps]
         t0 = time.perf_counter()
-        maps = [quality_map(f, self._params.quality) for f in frames]
+        qp = self._params.quality
+        maps = [m for part in self._split(
+            lambda a, b: [quality_map(f, qp) for f in frames[a:b]], len(frames),
+            MIN_FRAMES_PER_THREAD) for m in part]
         t1 = time.perf_counter()
         self._timing["quality"] += t1 - t0
-        results = []
+        results: list[AddResult | None] = []
         pending: list[int] = []
         for i, frame in enumerate(frames):
             if self._target is None:
@@ -386,17 +428,79 @@ class LiveStacker:
                 pending.append(i)
         if pending:
             t1 = time.perf_counter()
-            shifts = measure_shifts([frames[i] for i in pending], self._target)
-            self._timing["align"] += time.perf_counter() - t1
             target = self._target
-            for j, i in enumerate(pending):
+            assert target is not None
+            plan = self._plan_gate([maps[i].quality for i in pending])
+            align = [i for i, go in zip(pending, plan, strict=True) if go]
+            found = self._measure_shifts([frames[i] for i in align], target)
+            shifts = dict(zip(align, found, strict=True))
+            self._timing["align"] += time.perf_counter() - t1
+            for i in pending:
                 if self._target is not target:  # a reset or re-anchor happened meanwhile
                     if self._target is None:
                         results[i] = self._warm_up(frames[i], maps[i], times[i])
                         continue
-                    shifts[j] = measure_shifts([frames[i]], self._target)[0]
-                results[i] = self._admit(frames[i], maps[i], shifts[j], times[i])
-        return results
+                    shifts.pop(i, None)  # measured against the old target
+                if self._gate(maps[i].quality):
+                    results[i] = self._drop_unaligned(maps[i])
+                    continue
+                if i not in shifts:
+                    t2 = time.perf_counter()
+                    shifts[i] = measure_shifts([frames[i]], self._target)[0]
+                    self._timing["align"] += time.perf_counter() - t2
+                results[i] = self._admit(frames[i], maps[i], shifts[i], times[i])
+        return results  # type: ignore[return-value]
+
+    def _measure_shifts(self, frames: list[np.ndarray], target: GlobalTarget) -> np.ndarray:
+        """:func:`~live_stack.align.measure_shifts` of frames, on this stacker's threads."""
+        if not frames:
+            return np.zeros((0, 3))
+        parts = self._split(lambda a, b: measure_shifts(frames[a:b], target), len(frames),
+                            MIN_FRAMES_PER_THREAD)
+        return np.concatenate(parts)
+
+    def _gate_open(self) -> bool:
+        """Whether every frame must be aligned: a window is set (frames leave the buffer
+        by age), frames are failing to align, or the buffer has room."""
+        p = self._params
+        return bool(p.window_frames or p.window_seconds or self._fails
+                    or (self._seq < 0).any())
+
+    def _plan_gate(self, qualities: list[float]) -> list[bool]:
+        """Which of a batch's frames to align: what :meth:`_gate` will decide, foreseen
+        from the state before the batch (if the state changes meanwhile, a frame may be
+        aligned in vain or on its own)."""
+        if self._gate_open():
+            return [True] * len(qualities)
+        worst = float(self._gq.min())
+        count = self._gated
+        plan = []
+        for q in qualities:
+            if q > worst:
+                plan.append(True)
+            else:
+                count += 1
+                plan.append(count % GATE_SAMPLE == 0)
+        return plan
+
+    def _gate(self, quality: float) -> bool:
+        """True: drop this frame unaligned, it cannot enter the buffer (see GATE_SAMPLE)."""
+        if self._gate_open() or quality > float(self._gq.min()):
+            return False
+        self._gated += 1
+        return self._gated % GATE_SAMPLE != 0
+
+    def _drop_unaligned(self, qmap: QualityMap) -> AddResult:
+        """Drop a frame the gate stopped: as :meth:`_admit` drops one for its quality."""
+        t = time.perf_counter()
+        self._seen += 1
+        quality = qmap.quality
+        self._best_quality = max(self._best_quality, quality)
+        self._dropped["quality"] += 1
+        self._unaligned += 1
+        self._work()
+        self._timing["admit"] += time.perf_counter() - t
+        return AddResult(admitted=False, reason="quality", quality=quality)
 
     def _warm_up(self, frame: np.ndarray, qmap: QualityMap, now: float) -> AddResult:
         """Collect a frame before the first reference; start when enough are there."""
@@ -640,7 +744,10 @@ class LiveStacker:
             for slot, aps in groups])
         dy = np.concatenate([state.dy[slot, aps] for slot, aps in groups])
         dx = np.concatenate([state.dx[slot, aps] for slot, aps in groups])
-        spectra = state.sums.prepare(np.concatenate([aps for _, aps in groups]), patches, dy, dx)
+        all_aps = np.concatenate([aps for _, aps in groups])
+        spectra = np.concatenate(self._split(
+            lambda a, b: state.sums.prepare(all_aps[a:b], patches[a:b], dy[a:b], dx[a:b]),
+            len(all_aps), MIN_PATCHES_PER_THREAD))
         start = 0
         for slot, aps in groups:
             k = len(aps)
@@ -671,13 +778,27 @@ class LiveStacker:
             return
         patches = np.concatenate([frame_patches(self._frames[slot], centres, grid.fft_size)
                                   for slot, _, centres in cuts])
-        spec, lum = patch_spectra(patches)
         pair_aps = np.concatenate([aps for _, aps, _ in cuts])
         pair_slot = np.concatenate([np.full(len(aps), slot) for slot, aps, _ in cuts])
         new = ~state.measured[pair_slot, pair_aps]
-        if new.any():
-            r = correlate_spectra(lum[new], state.targets, index=pair_aps[new],
-                                  max_shift=grid.search)
+        targets = state.targets
+
+        def transform(a: int, b: int) -> tuple[np.ndarray, Shifts | None]:
+            """Spectra of patches a..b-1, and the shifts of the new ones among them."""
+            spec, lum = patch_spectra(patches[a:b])
+            fresh = new[a:b]
+            if not fresh.any():
+                return spec, None
+            return spec, correlate_spectra(lum[fresh], targets, index=pair_aps[a:b][fresh],
+                                           max_shift=grid.search)
+
+        parts = self._split(transform, len(patches), MIN_PATCHES_PER_THREAD)
+        spec = np.concatenate([p[0] for p in parts])
+        found = [p[1] for p in parts if p[1] is not None]
+        if found:
+            r = Shifts(dy=np.concatenate([f.dy for f in found]),
+                       dx=np.concatenate([f.dx for f in found]),
+                       strength=np.concatenate([f.strength for f in found]))
             where = np.flatnonzero(new)
             for slot in np.unique(pair_slot[new]):
                 mine = pair_slot[where] == slot
@@ -695,7 +816,11 @@ class LiveStacker:
             return
         dy = state.dy[pair_slot[use], pair_aps[use]]
         dx = state.dx[pair_slot[use], pair_aps[use]]
-        spectra = state.sums.prepare(pair_aps[use], patches[use], dy, dx, spectra=spec[use])
+        use_aps, use_patches, use_spec = pair_aps[use], patches[use], spec[use]
+        spectra = np.concatenate(self._split(
+            lambda a, b: state.sums.prepare(use_aps[a:b], use_patches[a:b], dy[a:b], dx[a:b],
+                                            spectra=use_spec[a:b]),
+            len(use_aps), MIN_PATCHES_PER_THREAD))
         idx = np.flatnonzero(use)
         for slot in np.unique(pair_slot[use]):
             mine = pair_slot[idx] == slot
@@ -848,6 +973,8 @@ class LiveStacker:
             "frames_seen": self._seen,
             "admitted": self._admitted,
             "dropped": {r: int(self._dropped.get(r, 0)) for r in DROP_REASONS},
+            # of the quality drops, those decided before aligning the frame (GATE_SAMPLE)
+            "dropped_unaligned": self._unaligned,
             "evicted": dict(self._evicted),
             "buffer_fill": int(len(slots)),
             "buffer_size": self._params.buffer_size,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -71,3 +71,54 @@ def run_in_order(
         finally:
             for fut in pending:
                 fut.cancel()
+
+
+R = TypeVar("R")
+
+
+def split_run(
+    work: Callable[[int, int], R],
+    n: int,
+    pool: Executor | None,
+    *,
+    parts: int = 2,
+    min_items: int = 1,
+) -> list[R]:
+    """Call ``work(start, stop)`` over ``range(n)`` in up to ``parts`` parts at once.
+
+    The first part runs in the calling thread, the others on ``pool``; the results come
+    back in order. With no pool, one part, or too few items for two parts of
+    ``min_items`` (too little to be worth a hand-over), ``work(0, n)`` runs in the
+    calling thread alone. ``work`` must not change shared state: the parts run
+    concurrently.
+
+    Parameters
+    ----------
+    work : callable
+        ``work(start, stop) -> result`` for the items ``start .. stop - 1``.
+    n : int
+        Number of items.
+    pool : concurrent.futures.Executor or None
+        Where the parts after the first run (it should have ``parts - 1`` workers).
+    parts : int
+        Most parts.
+    min_items : int
+        Fewest items worth a part of their own.
+
+    Returns
+    -------
+    list
+        One result per part, in order.
+    """
+    k = min(parts, n // max(1, min_items)) if pool is not None else 1
+    if k <= 1:
+        return [work(0, n)]
+    bounds = [n * i // k for i in range(k + 1)]
+    later = [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    try:
+        first = work(bounds[0], bounds[1])
+    except BaseException:
+        for fut in later:
+            fut.cancel()
+        raise
+    return [first] + [fut.result() for fut in later]

@@ -201,10 +201,31 @@ def stack_aps(
     sums = [make_sums(grid, channels, drizzle or DrizzleParams()) for _ in selection.counts]
     todo = selection.frames()
     used = np.zeros(len(frames), dtype=bool)
-    lock = threading.Lock()
+    # The chunks are added to the sums in capture order, whichever thread finishes
+    # first, so that the result does not depend on the timing (floating-point sums
+    # depend on their order). A chunk waits only for earlier chunks, which the pool has
+    # already started (it takes them in order), and every chunk takes its turn even when
+    # it failed: no deadlock.
+    turn = threading.Condition()
+    next_chunk = [0]
     tally = [0, 0]
 
-    def work(chunk: list[tuple[int, np.ndarray]]) -> None:
+    def work(item: tuple[int, list[tuple[int, np.ndarray]]]) -> None:
+        index, chunk = item
+        result = None
+        try:
+            result = measure_chunk(chunk)
+        finally:
+            with turn:
+                turn.wait_for(lambda: next_chunk[0] == index)
+                try:
+                    if result is not None:
+                        add_chunk(*result)
+                finally:
+                    next_chunk[0] += 1
+                    turn.notify_all()
+
+    def measure_chunk(chunk: list[tuple[int, np.ndarray]]):
         # cut every selected patch of the chunk's frames, then transform and measure
         # them in one batch (the transforms release the GIL; batching keeps the
         # per-call Python work small)
@@ -216,7 +237,7 @@ def stack_aps(
             cuts.append((f, aps[fits], frame_patches(frame, centres[fits], grid.fft_size)))
         measured = sum(len(aps) for _, aps, _ in cuts)
         if not measured:
-            return
+            return None
         patches = np.concatenate([p for _, _, p in cuts])
         all_aps = np.concatenate([aps for _, aps, _ in cuts])
         spec, lum = patch_spectra(patches)
@@ -231,24 +252,26 @@ def stack_aps(
         spectra = sums[0].prepare(all_aps[ok], patches[ok], dy, dx, spectra=spec[ok])
         frame_of = np.concatenate([np.full(len(aps), f) for f, aps, _ in cuts])[ok]
         aps_ok = all_aps[ok]
-        with lock:
-            tally[0] += measured
-            tally[1] += measured - int(ok.sum())
-            for f in np.unique(frame_of):
-                mine = frame_of == f
-                used[f] = True
-                ranks = selection.rank[f][aps_ok[mine]]
-                for acc, count in zip(sums, selection.counts, strict=True):
-                    keep = np.flatnonzero(mine)[ranks < count]
-                    if len(keep):
-                        acc.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
+        return measured, ok, frame_of, aps_ok, spectra, dy, dx
+
+    def add_chunk(measured, ok, frame_of, aps_ok, spectra, dy, dx) -> None:
+        tally[0] += measured
+        tally[1] += measured - int(ok.sum())
+        for f in np.unique(frame_of):
+            mine = frame_of == f
+            used[f] = True
+            ranks = selection.rank[f][aps_ok[mine]]
+            for acc, count in zip(sums, selection.counts, strict=True):
+                keep = np.flatnonzero(mine)[ranks < count]
+                if len(keep):
+                    acc.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
 
     per_frame = (selection.rank[todo] >= 0).sum(axis=1) if len(todo) else np.zeros(0, int)
     bounds = _batch_bounds(per_frame)
 
     def chunks():
-        for start, stop in bounds:
-            yield [(int(f), frames[int(f)]) for f in todo[start:stop]]
+        for index, (start, stop) in enumerate(bounds):
+            yield index, [(int(f), frames[int(f)]) for f in todo[start:stop]]
 
     run_in_order(work, chunks(), threads=threads,
                  progress=None if progress is None else

@@ -323,3 +323,66 @@ def test_time_window_keeps_only_recent_frames(sim_capture) -> None:
             assert st.stats()["buffer_fill"] <= window * 100 + 1
     assert st.stats()["evicted"]["window"] > 0
     assert math.isfinite(score(st.snapshot().image, cap.truth).psnr)
+
+
+# ---------------------------------------------------------------- threads and the gate
+def test_two_threads_give_the_same_stack_as_one(sim_capture) -> None:
+    cap = sim_capture("moon")
+    snaps, stats = [], []
+    for threads in (1, 2):
+        with LiveStacker(LiveParams(buffer_size=60, threads=threads)) as st:
+            feed(st, cap.frames, cap.info.timestamps)
+            snap = st.snapshot()
+        snaps.append(snap)
+        stats.append({k: snap.stats[k] for k in ("admitted", "dropped", "dropped_unaligned",
+                                                 "local_measured", "local_failed")})
+    assert stats[0] == stats[1]
+    assert snaps[0].box == snaps[1].box
+    np.testing.assert_allclose(snaps[0].image, snaps[1].image, atol=1e-6)
+
+
+def test_frames_that_cannot_enter_are_dropped_before_aligning(sim_capture) -> None:
+    from live_stack.live import GATE_SAMPLE
+
+    cap = sim_capture("moon")
+    st = LiveStacker(LiveParams(buffer_size=20, warmup=20))
+    feed(st, cap.frames[:60])
+    before = st.stats()
+    assert before["buffer_fill"] == 20
+    # much blurrier frames of the same scene: none can replace a frame in the buffer
+    import cv2
+
+    blurred = [cv2.GaussianBlur(f, (0, 0), 4.0) for f in cap.frames[60:120]]
+    results = []
+    for i in range(0, len(blurred), CHUNK):
+        results += st.add_batch(blurred[i : i + CHUNK])
+    after = st.stats()
+    assert not any(r.admitted for r in results)
+    assert after["admitted"] == before["admitted"]
+    unaligned = after["dropped_unaligned"] - before["dropped_unaligned"]
+    # most skip the alignment; one in GATE_SAMPLE is aligned all the same (and, should
+    # it align too weakly, so is every frame after it until one aligns)
+    assert len(blurred) // 2 <= unaligned <= len(blurred) - len(blurred) // GATE_SAMPLE
+    assert sum(r.reason == "quality" for r in results) >= unaligned
+
+
+def test_the_gate_still_notices_a_new_target(sim_capture) -> None:
+    # the new target's frames are all worse than the buffer's: the gate drops most of
+    # them unaligned, the sampled ones fail to align, and then every frame is aligned
+    import cv2
+
+    from live_stack.live import GATE_SAMPLE
+
+    moon, sun = sim_capture("moon", frames=150), sim_capture("sun", frames=300)
+    st = LiveStacker(LiveParams(buffer_size=40))
+    feed(st, moon.frames)
+    assert st.stats()["buffer_fill"] == 40
+    dull = [cv2.GaussianBlur(f, (0, 0), 3.0) for f in sun.frames]
+    reset_at = None
+    for i in range(0, len(dull), CHUNK):
+        st.add_batch(dull[i : i + CHUNK])
+        if reset_at is None and st.stats()["events"].get("scene_reset", 0):
+            reset_at = i + CHUNK
+    limit = LiveParams().reset_after + GATE_SAMPLE + 2 * CHUNK
+    assert reset_at is not None and reset_at <= limit, reset_at
+    assert st.stats()["dropped_unaligned"] > 0

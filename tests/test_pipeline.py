@@ -123,6 +123,15 @@ def test_run_on_a_frame_source_equals_run_on_a_list(sim_capture) -> None:
     assert np.allclose(a.stacks[0].image, b.stacks[0].image, atol=1e-6)
 
 
+def test_the_result_does_not_depend_on_threads_or_timing(sim_capture, offline_result) -> None:
+    # the patch sums are added in capture order whichever thread finishes first
+    cap = sim_capture("moon")
+    expected = offline_result("moon").stacks[0].image
+    for threads in (1, 2, 2):
+        got = run(cap.frames, PipelineParams(stack_sizes=("10%", "25%"), threads=threads))
+        assert np.array_equal(got.stacks[0].image, expected), threads
+
+
 @pytest.mark.parametrize("dtype", ["float32", "uint16"])
 def test_dtypes_give_the_same_stack(sim_capture, offline_result, dtype) -> None:
     cap = sim_capture("moon")
