@@ -7,6 +7,8 @@ that rate for a while. Printed per run:
 - ``sent/s``: frames the source pushed per second;
 - ``stacked/s``: frames the stacker took per second;
 - ``dropped``: the share of the frames sent that the daemon dropped (queue overflow);
+- ``2nd half``: stacked/s and dropped share over the second half of the run only
+  (after the warm-up and the filling of the buffer: the sustained rate);
 - ``latency``: for every stack published, the time from the moment its newest frame was
   pushed (the replay stamps each frame with its send time) to the moment a subscriber
   received the stack: median, 95th percentile and maximum.
@@ -126,13 +128,30 @@ def run(video: str, rate: float, seconds: float, queue_size: int,
             cmd += ["--count", str(count)]
         t0 = time.monotonic()
         source = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        # the second half of the run: after the warm-up and the filling of the buffer
+        half: dict = {}
         try:
-            source.wait(timeout=seconds + 30 if count else seconds)
+            source.wait(timeout=seconds / 2)
+        except subprocess.TimeoutExpired:
+            half = service.status()
+            half["t"] = time.monotonic()
+        try:
+            source.wait(timeout=seconds / 2 + 30 if count else seconds / 2)
         except subprocess.TimeoutExpired:
             source.terminate()
             source.wait(10)
         pushed = time.monotonic() - t0
         st = service.status()
+        if half:
+            t_end = time.monotonic()
+            got = st["frames"]["received"] - half["frames"]["received"]
+            second = {
+                "stacked": (st["frames"]["processed"] - half["frames"]["processed"])
+                / (t_end - half["t"]),
+                "dropped": (st["drops"]["overflow"] - half["drops"]["overflow"]) / max(got, 1),
+            }
+        else:
+            second = {"stacked": float("nan"), "dropped": float("nan")}
         sent = st["frames"]["received"] + st["drops"]["malformed"]
         deadline = time.monotonic() + DRAIN_SECONDS
         while st["queue"]["fill"] and time.monotonic() < deadline:
@@ -153,6 +172,8 @@ def run(video: str, rate: float, seconds: float, queue_size: int,
         "lat_p95": float(np.percentile(lat, 95)),
         "lat_max": float(np.max(lat)),
         "stacks": len(latencies),
+        "second_stacked_fps": second["stacked"],
+        "second_dropped": second["dropped"],
     }
 
 
@@ -165,10 +186,15 @@ def main() -> int:
     p.add_argument("--transport-only", action="store_true",
                    help="measure the daemon without stacking (see TransportOnly)")
     args = p.parse_args()
+    from live_stack.allocator import tune_allocator
+
+    # as the live-stack entry point does for `live-stack daemon`
+    print(f"allocator tuned as by the live-stack command: {tune_allocator()}")
     mode = "transport only (no stacking)" if args.transport_only else "live stacker"
     print(f"daemon throughput, {mode}, {args.seconds:g} s per run, queue {args.queue_size}")
     print(f"{'size':>10} {'offered':>8} {'sent/s':>8} {'stacked/s':>10} {'dropped':>8} "
-          f"{'latency median':>15} {'p95':>7} {'max':>7} {'stacks':>7}")
+          f"{'latency median':>15} {'p95':>7} {'max':>7} {'stacks':>7} "
+          f"{'2nd half stacked/s':>19} {'dropped':>8}")
     for text in args.sizes:
         w, h = (int(v) for v in text.split("x"))
         with tempfile.TemporaryDirectory() as folder:
@@ -178,7 +204,8 @@ def main() -> int:
                 offered = "max" if rate == 0 else f"{rate:g}"
                 print(f"{text:>10} {offered:>8} {r['sent_fps']:8.1f} {r['stacked_fps']:10.1f} "
                       f"{r['dropped']:8.1%} {r['lat_median']:14.2f}s {r['lat_p95']:6.2f}s "
-                      f"{r['lat_max']:6.2f}s {r['stacks']:7d}", flush=True)
+                      f"{r['lat_max']:6.2f}s {r['stacks']:7d} "
+                      f"{r['second_stacked_fps']:19.1f} {r['second_dropped']:8.1%}", flush=True)
     return 0
 
 
