@@ -238,7 +238,7 @@ def test_set_param_good_values(sim_capture) -> None:
     ("ap_size", 33, "ap_size"), ("ap_size", "big", "ap_size"), ("buffer_size", 1, "buffer_size"),
     ("buffer_size", "abc", "buffer_size"), ("stack_size", "10x", "10x"),
     ("quality_method", "fft", "quality_method"), ("window_frames", -1, "window_frames"),
-    ("warmup", 2.5, "warmup"),
+    ("warmup", 2.5, "warmup"), ("threads", 0, "threads"), ("threads", "two", "threads"),
 ])
 def test_set_param_bad_values_name_it(name, value, match) -> None:
     st = LiveStacker(LiveParams())

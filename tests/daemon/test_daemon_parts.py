@@ -168,6 +168,22 @@ def test_the_example_file_is_valid() -> None:
     assert c == cfg.build_config({"live": c.live})  # the example shows the defaults
 
 
+def test_the_examples_live_parameters_exist_with_those_defaults() -> None:
+    import tomllib
+
+    from daemon.cli import make_stacker
+
+    example = Path(__file__).parents[2] / "docs" / "daemon.example.toml"
+    text = example.read_text().split("[live]", 1)[1]
+    lines = [line[2:].split("#")[0] for line in text.splitlines()
+             if line.startswith("# ") and "=" in line.split("#")[1]]
+    live = tomllib.loads("\n".join(lines))
+    assert {"buffer_size", "threads"} <= set(live)
+    stacker = make_stacker(live)  # every name is a parameter, every value valid
+    defaults = make_stacker({}).params
+    assert stacker.params == defaults  # and the values shown are the defaults
+
+
 @pytest.mark.parametrize(
     ("toml", "words"),
     [
