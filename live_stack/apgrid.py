@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-
 #: An AP is lit when at least this many pixels of its box reach the brightness threshold
 #: (a 4x4 area: a small moon beside a planet gets its AP, a hot pixel does not; the mean
 #: brightness of the box, the earlier test, dropped a 7-pixel moon as dim sky).
