@@ -194,8 +194,14 @@ def correlate_spectra(
     if spec.shape[1:] != (n, n // 2 + 1):
         raise ValueError(f"spectra must be (k, {n}, {n // 2 + 1}), got {spec.shape}")
     idx = np.arange(k) if index is None else np.asarray(index)
-    cross = spec * target.spectrum[idx]
-    cross /= np.abs(spec) + _EPS
+    cross = target.spectrum[idx]  # a gathered copy: changed in place below
+    cross *= spec
+    # whiten: multiply by 1 / |spec| (dividing the complex array by the real one costs
+    # about 2.5 times as much: a complex division per element)
+    inv = np.abs(spec).astype(np.float32, copy=False)
+    inv += _EPS
+    np.reciprocal(inv, out=inv)
+    cross *= inv
     cross[:, 0, 0] = 0.0
     surf = sfft.irfft2(cross, s=(n, n), workers=FFT_WORKERS)
     limit = n // 2 - 2 if max_shift is None else int(np.ceil(max_shift)) + 1
