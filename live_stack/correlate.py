@@ -16,16 +16,35 @@ Shift convention: a measured shift ``(dy, dx)`` means the patch content sits at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
+from types import ModuleType
 
 import numpy as np
-import scipy.fft as sfft
 
 #: Small constant keeping the spectrum normalisation finite on empty frequencies.
 _EPS = 1e-12
 #: Threads of one FFT call. Parallelism is at the level of frames (see
 #: :mod:`live_stack.parallel`); threads inside each FFT as well only oversubscribe the cores.
 FFT_WORKERS = 1
+
+
+@cache
+def scipy_fft() -> ModuleType:
+    """``scipy.fft``, imported on first use.
+
+    Importing it costs about a quarter of a second (most of it in SciPy's array-API
+    layer), a sixth of a short ``reprocess`` run: the command line calls :func:`preload`
+    in a thread while it reads its input, so that the import overlaps with work that
+    needs no FFT (decoding, ranking).
+    """
+    import scipy.fft
+
+    return scipy.fft
+
+
+def preload() -> None:
+    """Import the FFT library now (see :func:`scipy_fft`)."""
+    scipy_fft()
 
 
 @lru_cache(maxsize=64)
@@ -48,8 +67,8 @@ def hann2d(size: int) -> np.ndarray:
 @lru_cache(maxsize=16)
 def gaussian_lowpass(size: int, sigma: float) -> np.ndarray:
     """Real-FFT-domain Gaussian whose inverse transform has ``sigma`` pixels (cached)."""
-    fy = sfft.fftfreq(size)[:, None]
-    fx = sfft.rfftfreq(size)[None, :]
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
     g = np.exp(-2.0 * np.pi**2 * sigma**2 * (fy**2 + fx**2)).astype(np.float32)
     g.setflags(write=False)
     return g
@@ -103,12 +122,12 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0) -> Target:
     if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
         raise ValueError(f"patches must be square, (m, n, n); got shape {patches.shape}")
     n = patches.shape[-1]
-    spec = sfft.rfft2(_prepare(patches), workers=FFT_WORKERS)
+    spec = scipy_fft().rfft2(_prepare(patches), workers=FFT_WORKERS)
     spec = np.conj(spec) / (np.abs(spec) + _EPS)
     low = gaussian_lowpass(n, peak_sigma)
     spec = (spec * low).astype(np.complex64)
     # Peak of the inverse real FFT of the low-pass itself (full Hermitian sum / n^2).
-    norm = float(sfft.irfft2(low.astype(np.float64), s=(n, n))[0, 0])
+    norm = float(scipy_fft().irfft2(low.astype(np.float64), s=(n, n))[0, 0])
     return Target(spectrum=spec, size=n, norm=norm)
 
 
@@ -161,7 +180,7 @@ def correlate(
     if patches.shape[1:] != (n, n):
         raise ValueError(f"patches must be (k, {n}, {n}) to match the target, got {patches.shape}")
     idx = np.arange(k) if index is None else np.asarray(index)
-    spec = sfft.rfft2(_prepare(patches), workers=FFT_WORKERS)
+    spec = scipy_fft().rfft2(_prepare(patches), workers=FFT_WORKERS)
     return correlate_spectra(spec, target, index=idx, max_shift=max_shift)
 
 
@@ -203,7 +222,7 @@ def correlate_spectra(
     np.reciprocal(inv, out=inv)
     cross *= inv
     cross[:, 0, 0] = 0.0
-    surf = sfft.irfft2(cross, s=(n, n), workers=FFT_WORKERS)
+    surf = scipy_fft().irfft2(cross, s=(n, n), workers=FFT_WORKERS)
     limit = n // 2 - 2 if max_shift is None else int(np.ceil(max_shift)) + 1
     limit = max(1, min(limit, n // 2 - 2))
     # the search window around zero shift, with a one-pixel rim for the sub-pixel fit
@@ -245,8 +264,8 @@ def fourier_shift(spectra: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.nda
     """
     n = spectra.shape[-2]
     k = spectra.shape[0]
-    fy = sfft.fftfreq(n)
-    fx = sfft.rfftfreq(n)
+    fy = np.fft.fftfreq(n)
+    fx = np.fft.rfftfreq(n)
     ey = np.exp((2j * np.pi) * np.asarray(dy, dtype=np.float64).reshape(k, 1) * fy)
     ex = np.exp((2j * np.pi) * np.asarray(dx, dtype=np.float64).reshape(k, 1) * fx)
     lead = (k,) + (1,) * (spectra.ndim - 3)
