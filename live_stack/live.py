@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -56,6 +56,8 @@ from live_stack.quality import QualityMap, QualityParams, box_quality, quality_m
 from live_stack.reference import covered_box, mean_aligned
 from live_stack.sharpen import SharpenParams
 from live_stack.stack import BlendParams, frame_patches, patch_spectra
+
+R = TypeVar("R")
 
 #: Reasons an arriving frame is not admitted.
 DROP_REASONS = ("alignment", "quality")
@@ -255,7 +257,7 @@ class LiveStacker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _split(self, work, n: int, min_items: int) -> list:
+    def _split(self, work: Callable[[int, int], R], n: int, min_items: int) -> list[R]:
         """:func:`~live_stack.parallel.split_run` on this stacker's threads."""
         threads = self._params.threads
         if threads > 1 and self._pool is None:
