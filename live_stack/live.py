@@ -478,37 +478,40 @@ class LiveStacker:
         count = self._gated
         plan = []
         for q in qualities:
-            if q > worst:
-                plan.append(True)
-            else:
-                count += 1
-                plan.append(count % GATE_SAMPLE == 0)
+            drop, count = _gate_step(q, worst, count)
+            plan.append(not drop)
         return plan
 
     def _gate(self, quality: float) -> bool:
         """True: drop this frame unaligned, it cannot enter the buffer (see GATE_SAMPLE)."""
-        if self._gate_open() or quality > float(self._gq.min()):
+        if self._gate_open():
             return False
-        self._gated += 1
-        return self._gated % GATE_SAMPLE != 0
+        drop, self._gated = _gate_step(quality, float(self._gq.min()), self._gated)
+        return drop
 
-    def _drop_unaligned(self, qmap: QualityMap) -> AddResult:
-        """Drop a frame the gate stopped: as :meth:`_admit` drops one for its quality."""
-        t = time.perf_counter()
+    def _see(self, qmap: QualityMap) -> float:
+        """Count an arriving frame; its global quality."""
         self._seen += 1
         quality = qmap.quality
         self._best_quality = max(self._best_quality, quality)
+        return quality
+
+    def _drop_for_quality(self, quality: float, since: float) -> AddResult:
+        """Drop a frame that cannot enter the buffer (its admission began at ``since``)."""
         self._dropped["quality"] += 1
-        self._unaligned += 1
         self._work()
-        self._timing["admit"] += time.perf_counter() - t
+        self._timing["admit"] += time.perf_counter() - since
         return AddResult(admitted=False, reason="quality", quality=quality)
+
+    def _drop_unaligned(self, qmap: QualityMap) -> AddResult:
+        """Drop a frame the gate stopped, as :meth:`_admit` drops one for its quality."""
+        t = time.perf_counter()
+        self._unaligned += 1
+        return self._drop_for_quality(self._see(qmap), t)
 
     def _warm_up(self, frame: np.ndarray, qmap: QualityMap, now: float) -> AddResult:
         """Collect a frame before the first reference; start when enough are there."""
-        self._seen += 1
-        quality = qmap.quality
-        self._best_quality = max(self._best_quality, quality)
+        quality = self._see(qmap)
         self._warm.append((np.array(frame, copy=True), quality, qmap.cells, now))
         if len(self._warm) >= self._params.warmup:
             t = time.perf_counter()
@@ -519,9 +522,7 @@ class LiveStacker:
     def _admit(self, frame: np.ndarray, qmap: QualityMap, measured: np.ndarray,
                now: float) -> AddResult:
         """Admit an aligned frame to the buffer, or drop it with its reason."""
-        self._seen += 1
-        quality = qmap.quality
-        self._best_quality = max(self._best_quality, quality)
+        quality = self._see(qmap)
         dy, dx, strength = (float(v) for v in measured)
         t2 = time.perf_counter()
         self._evict_window(now)
@@ -536,10 +537,7 @@ class LiveStacker:
         self._fails = 0
         slot = self._free_slot(quality)
         if slot is None:
-            self._dropped["quality"] += 1
-            self._work()
-            self._timing["admit"] += time.perf_counter() - t2
-            return AddResult(admitted=False, reason="quality", quality=quality)
+            return self._drop_for_quality(quality, t2)
         self._store(slot, frame, quality, qmap.cells, np.array([dy, dx]), now)
         self._recent.append((slot, strength))
         self._admitted += 1
@@ -996,6 +994,18 @@ class LiveStacker:
             "timings_ms": {k: round(v * 1e3 / max(self._seen, 1), 4)
                            for k, v in self._timing.items()},
         }
+
+
+def _gate_step(quality: float, worst: float, count: int) -> tuple[bool, int]:
+    """The quality gate on one frame: ``(drop it unaligned, frames gated so far)``.
+
+    A frame no better than the buffer's worst is gated; every GATE_SAMPLE-th gated frame
+    is aligned all the same.
+    """
+    if quality > worst:
+        return False, count
+    count += 1
+    return count % GATE_SAMPLE != 0, count
 
 
 def _take(mask: np.ndarray, left: list[float]) -> list[tuple[int, np.ndarray]]:
