@@ -1,8 +1,11 @@
 """End-to-end rate, drops and latency of the live-stack daemon.
 
 For each frame size and offered rate, a daemon (this process, real LiveStacker) is fed
-by ``live-stack source replay`` (a separate process) looping over a simulated capture at
-that rate for a while. Printed per run:
+by ``live-stack source replay`` (a separate process) playing a simulated capture at that
+rate for a while. The capture has as many distinct frames as the fastest run sends (at
+most ``--capture-frames``; it is looped beyond), cached in ``--cache``: a camera never
+sends the same frame twice, and a looped short capture would fill the buffer with
+copies of its best frames and keep the stacker admitting them. Printed per run:
 
 - ``sent/s``: frames the source pushed per second;
 - ``stacked/s``: frames the stacker took per second;
@@ -16,7 +19,7 @@ that rate for a while. Printed per run:
 Usage::
 
     python benchmarks/daemon_throughput.py [--sizes 640x480 1280x960]
-        [--rates 100 200 300 0] [--seconds 6]
+        [--rates 100 200 300 0] [--seconds 6] [--capture-frames 6000] [--cache DIR]
 
 A rate of 0 pushes as fast as possible. Targets (issue 4): 300 frames/s of 640x480 with
 no drops, and a published stack at most 1 s behind the newest frame.
@@ -34,28 +37,23 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import zmq
+from _common import add_cache_option, cached_capture, print_header
 
 from daemon.client import Subscriber
 from daemon.config import build_config
 from daemon.service import StackingService
 
-#: Frames simulated per size (the replay loops over them).
-CAPTURE_FRAMES = 120
-
 #: Seconds given to the daemon to work off its queue after the source stops.
 DRAIN_SECONDS = 10.0
 
 
-def simulate(size: tuple[int, int], folder: Path) -> str:
-    from live_stack.simulate import simulate_capture
-
-    info = simulate_capture("moon", frames=CAPTURE_FRAMES, out_dir=folder,
-                            width=size[0], height=size[1], seed=3)
-    return info.video
+def capture(cache: str, size: tuple[int, int], frames: int) -> str:
+    """A simulated Moon capture of ``frames`` distinct frames (cached)."""
+    return str(cached_capture(cache, "moon", frames=frames, width=size[0],
+                              height=size[1]).video)
 
 
 class TransportOnly:
@@ -185,11 +183,17 @@ def main() -> int:
     p.add_argument("--queue-size", type=int, default=32, help="the daemon's queue size")
     p.add_argument("--transport-only", action="store_true",
                    help="measure the daemon without stacking (see TransportOnly)")
+    p.add_argument("--capture-frames", type=int, default=6000,
+                   help="most distinct frames simulated per size (the replay loops beyond)")
+    add_cache_option(p)
     args = p.parse_args()
+    print_header("live-stack daemon throughput")
     from live_stack.allocator import tune_allocator
+    from live_stack.blas import limit_blas_threads
 
     # as the live-stack entry point does for `live-stack daemon`
-    print(f"allocator tuned as by the live-stack command: {tune_allocator()}")
+    print(f"allocator tuned as by the live-stack command: {tune_allocator()}; "
+          f"BLAS limited to one thread: {limit_blas_threads()}")
     mode = "transport only (no stacking)" if args.transport_only else "live stacker"
     print(f"daemon throughput, {mode}, {args.seconds:g} s per run, queue {args.queue_size}")
     print(f"{'size':>10} {'offered':>8} {'sent/s':>8} {'stacked/s':>10} {'dropped':>8} "
@@ -197,15 +201,16 @@ def main() -> int:
           f"{'2nd half stacked/s':>19} {'dropped':>8}")
     for text in args.sizes:
         w, h = (int(v) for v in text.split("x"))
-        with tempfile.TemporaryDirectory() as folder:
-            video = simulate((w, h), Path(folder))
-            for rate in args.rates:
-                r = run(video, rate, args.seconds, args.queue_size, args.transport_only)
-                offered = "max" if rate == 0 else f"{rate:g}"
-                print(f"{text:>10} {offered:>8} {r['sent_fps']:8.1f} {r['stacked_fps']:10.1f} "
-                      f"{r['dropped']:8.1%} {r['lat_median']:14.2f}s {r['lat_p95']:6.2f}s "
-                      f"{r['lat_max']:6.2f}s {r['stacks']:7d} "
-                      f"{r['second_stacked_fps']:19.1f} {r['second_dropped']:8.1%}", flush=True)
+        fastest = max(args.rates) if min(args.rates) > 0 else 1000.0
+        frames = int(min(args.capture_frames, max(300, fastest * args.seconds)))
+        video = capture(args.cache, (w, h), frames)
+        for rate in args.rates:
+            r = run(video, rate, args.seconds, args.queue_size, args.transport_only)
+            offered = "max" if rate == 0 else f"{rate:g}"
+            print(f"{text:>10} {offered:>8} {r['sent_fps']:8.1f} {r['stacked_fps']:10.1f} "
+                  f"{r['dropped']:8.1%} {r['lat_median']:14.2f}s {r['lat_p95']:6.2f}s "
+                  f"{r['lat_max']:6.2f}s {r['stacks']:7d} "
+                  f"{r['second_stacked_fps']:19.1f} {r['second_dropped']:8.1%}", flush=True)
     return 0
 
 

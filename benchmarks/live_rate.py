@@ -99,16 +99,19 @@ def run_case(video: str, total: int, chunk: int, window_frames: int, tune: bool)
     """One replay in this (fresh) process: load the frames, replay, return the figures.
 
     ``tune``: set the allocator as the ``live-stack`` entry point does for the daemon
-    (:func:`live_stack.allocator.tune_allocator`).
+    (:func:`live_stack.allocator.tune_allocator`). The BLAS library is limited to one
+    thread in every case, as by the entry point (:func:`live_stack.blas.limit_blas_threads`).
     """
     from dataclasses import replace
 
     from live_stack.allocator import tune_allocator
+    from live_stack.blas import limit_blas_threads
     from live_stack.io import open_source
     from live_stack.live import LiveParams
 
     if tune and not tune_allocator():
         sys.exit("could not tune the allocator here (not glibc, or MALLOC_TOP_PAD_ is set)")
+    limit_blas_threads()
 
     with open_source(video) as src:
         frames = [np.array(src[i]) for i in range(len(src))]

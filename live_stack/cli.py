@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from live_stack.allocator import tune_allocator
+from live_stack.blas import limit_blas_threads
 
 #: sub-command -> ("module:function", one-line help). Each function takes argv (the
 #: arguments after the sub-command) and returns the process exit code.
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     target, _ = COMMANDS[name]
     tune_allocator()
+    limit_blas_threads()
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(rest) or 0)

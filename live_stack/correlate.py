@@ -26,6 +26,10 @@ _EPS = 1e-12
 #: Threads of one FFT call. Parallelism is at the level of frames (see
 #: :mod:`live_stack.parallel`); threads inside each FFT as well only oversubscribe the cores.
 FFT_WORKERS = 1
+#: The correlation surface is computed only in the search window (two small matrix
+#: products) when the window's side is at most the patch side divided by this; a larger
+#: window is cheaper by the whole inverse transform.
+PRUNE_SHARE = 3
 
 
 @cache
@@ -222,13 +226,16 @@ def correlate_spectra(
     np.reciprocal(inv, out=inv)
     cross *= inv
     cross[:, 0, 0] = 0.0
-    surf = scipy_fft().irfft2(cross, s=(n, n), workers=FFT_WORKERS)
     limit = n // 2 - 2 if max_shift is None else int(np.ceil(max_shift)) + 1
     limit = max(1, min(limit, n // 2 - 2))
     # the search window around zero shift, with a one-pixel rim for the sub-pixel fit
     wrap = _wrapped(n, limit + 1)
-    win = surf[:, wrap[:, None], wrap[None, :]]
-    side = win.shape[1]
+    side = len(wrap)
+    if side * PRUNE_SHARE <= n:
+        win = _inverse_window(cross, n, limit + 1)
+    else:
+        surf = scipy_fft().irfft2(cross, s=(n, n), workers=FFT_WORKERS)
+        win = surf[:, wrap[:, None], wrap[None, :]]
     inner = win[:, 1:-1, 1:-1].reshape(k, -1)
     py, px = np.divmod(inner.argmax(axis=1), side - 2)
     py += 1
@@ -243,6 +250,38 @@ def correlate_spectra(
     return Shifts(dy=sy.astype(np.float64), dx=sx.astype(np.float64), strength=strength)
 
 
+def _inverse_window(cross: np.ndarray, n: int, radius: int) -> np.ndarray:
+    """The inverse real transform of half-spectra ``(k, n, n // 2 + 1)``, only at shifts
+    ``-radius..radius`` in each axis: ``(k, 2 * radius + 1, 2 * radius + 1)``.
+
+    Two small matrix products (the complex inverse along y, then the real part of the
+    inverse along x, Hermitian halves counted twice) instead of the whole transform:
+    about 4 times less work for an 80-pixel patch and a search of 8 pixels.
+    """
+    ey, exr, exi = _window_bases(n, radius)
+    half = np.matmul(ey, cross)  # (k, side, n // 2 + 1)
+    win = np.matmul(half.real, exr)
+    win -= np.matmul(half.imag, exi)
+    return win
+
+
+@lru_cache(maxsize=16)
+def _window_bases(n: int, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bases of :func:`_inverse_window` (cached, read-only): complex64 ``(side, n)`` for
+    y, float32 real and imaginary ``(n // 2 + 1, side)`` for x, with the ``1 / n**2``
+    normalisation of the inverse transform."""
+    at = np.arange(-radius, radius + 1)
+    ey = np.exp(2j * np.pi * np.outer(at, np.arange(n)) / n).astype(np.complex64)
+    kx = np.arange(n // 2 + 1)
+    twice = np.where((kx == 0) | (2 * kx == n), 1.0, 2.0)  # the half-spectrum's mirror
+    ex = twice[:, None] * np.exp(2j * np.pi * np.outer(kx, at) / n) / (n * n)
+    bases = (ey, np.ascontiguousarray(ex.real, dtype=np.float32),
+             np.ascontiguousarray(ex.imag, dtype=np.float32))
+    for b in bases:
+        b.setflags(write=False)
+    return bases
+
+
 def _log_parabola(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Vertex offset of the parabola through log(a), log(b), log(c) at -1, 0, +1."""
     floor = np.maximum(b * 1e-3, 1e-12)
@@ -255,12 +294,14 @@ def _log_parabola(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.clip(off, -0.5, 0.5)
 
 
-def fourier_shift(spectra: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+def fourier_shift(spectra: np.ndarray, dy: np.ndarray, dx: np.ndarray, *,
+                  overwrite: bool = False) -> np.ndarray:
     """Undo measured shifts ``(dy, dx)`` on real-FFT spectra ``(k, ..., n, n // 2 + 1)``.
 
     The result is the spectrum of ``patch(y + dy, x + dx)`` (circularly). The phase ramp
     is separable, so it is built from two small vectors per patch instead of an
-    exponential over the whole spectrum.
+    exponential over the whole spectrum. ``overwrite``: the result is written into
+    ``spectra`` (complex64) and returned, instead of a new array.
     """
     n = spectra.shape[-2]
     k = spectra.shape[0]
@@ -269,6 +310,13 @@ def fourier_shift(spectra: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.nda
     ey = np.exp((2j * np.pi) * np.asarray(dy, dtype=np.float64).reshape(k, 1) * fy)
     ex = np.exp((2j * np.pi) * np.asarray(dx, dtype=np.float64).reshape(k, 1) * fx)
     lead = (k,) + (1,) * (spectra.ndim - 3)
-    out = spectra * ey.astype(np.complex64).reshape(lead + (n, 1))
+    ey = ey.astype(np.complex64).reshape(lead + (n, 1))
+    if overwrite:
+        if spectra.dtype != np.complex64:
+            raise ValueError(f"spectra must be complex64 to be overwritten, got {spectra.dtype}")
+        out = spectra
+        out *= ey
+    else:
+        out = spectra * ey
     out *= ex.astype(np.complex64).reshape(lead + (1, len(fx)))
     return out

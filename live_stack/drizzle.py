@@ -185,11 +185,12 @@ class DrizzleSums:
         self.shift_sums = np.zeros((m, 2))
 
     def prepare(self, aps: np.ndarray, patches: np.ndarray, dy: np.ndarray,
-                dx: np.ndarray, *, spectra: np.ndarray | None = None) -> np.ndarray:
+                dx: np.ndarray, *, spectra: np.ndarray | None = None,
+                overwrite: bool = False) -> np.ndarray:
         """Drizzle frame patches: ``(k, C + 1, F, F)``, weighted values then the weight.
 
         ``spectra`` (the patches' transforms, which :class:`~live_stack.stack.PatchSums`
-        can reuse) is not needed here.
+        can reuse) and ``overwrite`` (whether it may be overwritten) are not needed here.
 
         Parameters
         ----------

@@ -742,26 +742,34 @@ class LiveStacker:
             frame_patches(self._frames[slot], self._centres(state, slot, aps),
                           state.grid.fft_size)
             for slot, aps in groups])
-        dy = np.concatenate([state.dy[slot, aps] for slot, aps in groups])
-        dx = np.concatenate([state.dx[slot, aps] for slot, aps in groups])
-        all_aps = np.concatenate([aps for _, aps in groups])
-        spectra = np.concatenate(self._split(
-            lambda a, b: state.sums.prepare(all_aps[a:b], patches[a:b], dy[a:b], dx[a:b]),
-            len(all_aps), MIN_PATCHES_PER_THREAD))
-        start = 0
-        for slot, aps in groups:
-            k = len(aps)
-            state.sums.add(aps, spectra[start : start + k], dy[start : start + k],
-                           dx[start : start + k], sign=-1)
+        pair_slot = np.concatenate([np.full(len(aps), slot) for slot, aps in groups])
+        pair_aps = np.concatenate([aps for _, aps in groups])
+        self._take_out(state, pair_slot, pair_aps, patches, state.dy[pair_slot, pair_aps],
+                       state.dx[pair_slot, pair_aps])
+
+    def _take_out(self, state: _APState, pair_slot: np.ndarray, pair_aps: np.ndarray,
+                  patches: np.ndarray, dy: np.ndarray, dx: np.ndarray,
+                  spec: np.ndarray | None = None) -> None:
+        """Subtract pairs from the sums, given their patches, the shifts they were added
+        with and (if at hand) the patches' transforms (overwritten)."""
+        spectra = _concat(self._split(
+            lambda a, b: state.sums.prepare(
+                pair_aps[a:b], patches[a:b], dy[a:b], dx[a:b],
+                spectra=None if spec is None else spec[a:b], overwrite=True),
+            len(pair_aps), MIN_PATCHES_PER_THREAD))
+        for slot, a, b in _runs(pair_slot):
+            aps = pair_aps[a:b]
+            state.sums.add(aps, spectra[a:b], dy[a:b], dx[a:b], sign=-1)
             state.contrib[slot, aps] = False
             state.stale[slot, aps] = False
-            start += k
 
     def _add(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
         """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums.
 
         Every patch is transformed once; the transform serves both the measurement and
-        the stacking.
+        the stacking. A pair already in the sums (a stale one, measured again on a new
+        reference) is replaced: its old shifted spectrum, made from the same transform,
+        is taken out first.
         """
         grid = state.grid
         cuts = []
@@ -776,8 +784,8 @@ class LiveStacker:
                 cuts.append((slot, aps[fits], centres[fits]))
         if not cuts:
             return
-        patches = np.concatenate([frame_patches(self._frames[slot], centres, grid.fft_size)
-                                  for slot, _, centres in cuts])
+        patches = _concat([frame_patches(self._frames[slot], centres, grid.fft_size)
+                           for slot, _, centres in cuts])
         pair_aps = np.concatenate([aps for _, aps, _ in cuts])
         pair_slot = np.concatenate([np.full(len(aps), slot) for slot, aps, _ in cuts])
         new = ~state.measured[pair_slot, pair_aps]
@@ -789,43 +797,50 @@ class LiveStacker:
             fresh = new[a:b]
             if not fresh.any():
                 return spec, None
-            return spec, correlate_spectra(lum[fresh], targets, index=pair_aps[a:b][fresh],
+            return spec, correlate_spectra(_pick(lum, fresh), targets,
+                                           index=_pick(pair_aps[a:b], fresh),
                                            max_shift=grid.search)
 
+        was_in = state.contrib[pair_slot, pair_aps]
+        if was_in.any():
+            old_dy = state.dy[pair_slot[was_in], pair_aps[was_in]]
+            old_dx = state.dx[pair_slot[was_in], pair_aps[was_in]]
         parts = self._split(transform, len(patches), MIN_PATCHES_PER_THREAD)
-        spec = np.concatenate([p[0] for p in parts])
+        spec = _concat([p[0] for p in parts])
+        if was_in.any():
+            self._take_out(state, pair_slot[was_in], pair_aps[was_in], patches[was_in],
+                           old_dy, old_dx, spec[was_in])
         found = [p[1] for p in parts if p[1] is not None]
         if found:
-            r = Shifts(dy=np.concatenate([f.dy for f in found]),
-                       dx=np.concatenate([f.dx for f in found]),
-                       strength=np.concatenate([f.strength for f in found]))
+            r = Shifts(dy=_concat([f.dy for f in found]), dx=_concat([f.dx for f in found]),
+                       strength=_concat([f.strength for f in found]))
             where = np.flatnonzero(new)
-            for slot in np.unique(pair_slot[new]):
-                mine = pair_slot[where] == slot
-                aps = pair_aps[where[mine]]
-                ok = judge(r.dy[mine], r.dx[mine], r.strength[mine], aps, grid,
+            for slot, a, b in _runs(pair_slot[where]):
+                aps = pair_aps[where[a:b]]
+                ok = judge(r.dy[a:b], r.dx[a:b], r.strength[a:b], aps, grid,
                            self._params.local)
                 state.measured[slot, aps] = True
                 state.okm[slot, aps] = ok
-                state.dy[slot, aps] = r.dy[mine]
-                state.dx[slot, aps] = r.dx[mine]
+                state.dy[slot, aps] = r.dy[a:b]
+                state.dx[slot, aps] = r.dx[a:b]
                 self._local_measured += len(aps)
                 self._local_failed += int((~ok).sum())
         use = state.okm[pair_slot, pair_aps]
         if not use.any():
             return
-        dy = state.dy[pair_slot[use], pair_aps[use]]
-        dx = state.dx[pair_slot[use], pair_aps[use]]
-        use_aps, use_patches, use_spec = pair_aps[use], patches[use], spec[use]
-        spectra = np.concatenate(self._split(
-            lambda a, b: state.sums.prepare(use_aps[a:b], use_patches[a:b], dy[a:b], dx[a:b],
-                                            spectra=use_spec[a:b]),
-            len(use_aps), MIN_PATCHES_PER_THREAD))
-        idx = np.flatnonzero(use)
-        for slot in np.unique(pair_slot[use]):
-            mine = pair_slot[idx] == slot
-            aps = pair_aps[idx[mine]]
-            state.sums.add(aps, spectra[mine], dy[mine], dx[mine])
+        # from here on only the pairs that are used; ``spec`` is this call's own array,
+        # so the shifted spectra may take its place
+        pair_slot, pair_aps = _pick(pair_slot, use), _pick(pair_aps, use)
+        patches, spec = _pick(patches, use), _pick(spec, use)
+        dy = state.dy[pair_slot, pair_aps]
+        dx = state.dx[pair_slot, pair_aps]
+        spectra = _concat(self._split(
+            lambda a, b: state.sums.prepare(pair_aps[a:b], patches[a:b], dy[a:b], dx[a:b],
+                                            spectra=spec[a:b], overwrite=True),
+            len(pair_aps), MIN_PATCHES_PER_THREAD))
+        for slot, a, b in _runs(pair_slot):
+            aps = pair_aps[a:b]
+            state.sums.add(aps, spectra[a:b], dy[a:b], dx[a:b])
             state.contrib[slot, aps] = True
 
     def _sync(self, state: _APState, budget: int | None = None, *,
@@ -841,10 +856,13 @@ class LiveStacker:
         left = [np.inf if budget is None else int(budget)]
         stale = _take(state.stale, left) if restale else []
         if stale:
-            self._subtract(state, stale)
-            for slot, aps in stale:
+            # no longer selected: out; still selected: measured again and replaced in
+            # the sums, from one cut and one transform of each patch (see _add)
+            self._subtract(state, [(slot, aps[~state.sel[slot, aps]]) for slot, aps in stale])
+            again = [(slot, aps[state.sel[slot, aps]]) for slot, aps in stale]
+            for slot, aps in again:
                 state.measured[slot, aps] = False
-            self._add(state, [(slot, aps[state.sel[slot, aps]]) for slot, aps in stale])
+            self._add(state, again)
         self._subtract(state, _take(state.contrib & ~state.sel, left))
         self._add(state, _take(state.wanted(), left))
 
@@ -1006,6 +1024,27 @@ def _gate_step(quality: float, worst: float, count: int) -> tuple[bool, int]:
         return False, count
     count += 1
     return count % GATE_SAMPLE != 0, count
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, without a copy when there is only one part."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _pick(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values[mask]``, without a copy when the mask is all true."""
+    return values if mask.all() else values[mask]
+
+
+def _runs(slots: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(slot, start, stop)`` of each run of equal values in ``slots`` (pairs are listed
+    frame by frame, so each frame's pairs form one run)."""
+    if not len(slots):
+        return []
+    cuts = np.flatnonzero(slots[1:] != slots[:-1]) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [len(slots)]])
+    return [(int(slots[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
 
 
 def _take(mask: np.ndarray, left: list[float]) -> list[tuple[int, np.ndarray]]:

@@ -249,7 +249,8 @@ def stack_aps(
             ok[part] = judge(r.dy[part], r.dx[part], r.strength[part], aps, grid, params)
             start += len(aps)
         dy, dx = r.dy[ok], r.dx[ok]
-        spectra = sums[0].prepare(all_aps[ok], patches[ok], dy, dx, spectra=spec[ok])
+        spectra = sums[0].prepare(all_aps[ok], patches[ok], dy, dx, spectra=spec[ok],
+                                  overwrite=True)  # spec[ok] is a copy
         frame_of = np.concatenate([np.full(len(aps), f) for f, aps, _ in cuts])[ok]
         aps_ok = all_aps[ok]
         return measured, ok, frame_of, aps_ok, spectra, dy, dx

@@ -82,17 +82,19 @@ class PatchSums:
         self.shift_sums[aps, 1] += sign * np.asarray(dx, dtype=np.float64)
 
     def prepare(self, aps: np.ndarray, patches: np.ndarray, dy: np.ndarray,
-                dx: np.ndarray, *, spectra: np.ndarray | None = None) -> np.ndarray:
+                dx: np.ndarray, *, spectra: np.ndarray | None = None,
+                overwrite: bool = False) -> np.ndarray:
         """What :meth:`add` takes for patches ``(k, C, N, N)``: their shifted spectra.
 
         ``spectra``, the patches' ``rfft2`` if the caller has it (see
-        :func:`patch_spectra`), saves transforming them again. ``aps`` (each patch's AP)
-        is not needed here; the drizzle accumulator with the same interface
+        :func:`patch_spectra`), saves transforming them again; with ``overwrite`` the
+        shifted spectra are written into it (the caller no longer needs it). ``aps`` (each
+        patch's AP) is not needed here; the drizzle accumulator with the same interface
         (:class:`live_stack.drizzle.DrizzleSums`) needs it.
         """
         if spectra is None:
             return shifted_spectra(patches, dy, dx)
-        return fourier_shift(spectra, dy, dx)
+        return fourier_shift(spectra, dy, dx, overwrite=overwrite)
 
     def mean_patches(self, box: int) -> np.ndarray:
         """float32 ``(m, C, box, box)``: each AP's mean patch, margin cropped (NaN if empty).
@@ -175,7 +177,7 @@ def patch_spectra(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Spectra of patches ``(k, C, N, N)`` with the shifts ``(dy, dx)`` undone."""
     spec = scipy_fft().rfft2(patches.astype(np.float32, copy=False), workers=FFT_WORKERS)
-    return fourier_shift(spec.astype(np.complex64, copy=False), dy, dx)
+    return fourier_shift(spec.astype(np.complex64, copy=False), dy, dx, overwrite=True)
 
 
 @lru_cache(maxsize=16)

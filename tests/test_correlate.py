@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
+from live_stack import correlate as correlate_module
 from live_stack.correlate import correlate, correlate_spectra, fourier_shift, make_target
 
 #: Patch side of the correlation tests.
@@ -143,3 +144,43 @@ def test_correlate_rejects_wrong_patch_size() -> None:
     t = make_target(np.random.default_rng(0).random((32, 32)))
     with pytest.raises(ValueError, match=r"patches must be \(k, 32, 32\)"):
         correlate(np.zeros((2, 16, 16)), t)
+
+
+@pytest.mark.parametrize("n", [64, 80, 81, 128])
+@pytest.mark.parametrize("radius", [1, 5, 10])
+def test_search_window_equals_the_whole_inverse_transform_there(n, radius) -> None:
+    """The matrix-product inverse over the search window is the inverse FFT's window."""
+    rng = np.random.default_rng(n + radius)
+    spec = sfft.rfft2(rng.random((3, n, n)).astype(np.float32)).astype(np.complex64)
+    at = np.arange(-radius, radius + 1) % n
+    whole = sfft.irfft2(spec, s=(n, n))[:, at[:, None], at[None, :]]
+    win = correlate_module._inverse_window(spec, n, radius)
+    assert win.shape == (3, 2 * radius + 1, 2 * radius + 1)
+    np.testing.assert_allclose(win, whole, atol=2e-6 * np.abs(whole).max())
+
+
+def test_pruned_and_whole_search_find_the_same_shifts(moon, shifted_view, monkeypatch) -> None:
+    t = make_target(shifted_view(moon, 0.0, 0.0, (N, N)))
+    frames = np.stack([shifted_view(moon, dy, dx, (N, N), noise=NOISE, seed=7)
+                       for dy, dx in [(1.3, -2.7), (-6.45, 4.2), (0.2, 0.1)]])
+    spec = sfft.rfft2(frames)
+    one = np.zeros(len(frames), dtype=np.intp)
+    pruned = correlate_spectra(spec, t, index=one, max_shift=8)
+    monkeypatch.setattr(correlate_module, "PRUNE_SHARE", N)  # never prune
+    whole = correlate_spectra(spec, t, index=one, max_shift=8)
+    np.testing.assert_allclose(pruned.dy, whole.dy, atol=1e-4)
+    np.testing.assert_allclose(pruned.dx, whole.dx, atol=1e-4)
+    np.testing.assert_allclose(pruned.strength, whole.strength, rtol=1e-4)
+    assert pruned.dy[1] == pytest.approx(-6.45, abs=TOL)
+
+
+def test_fourier_shift_overwrite_writes_into_the_input() -> None:
+    rng = np.random.default_rng(3)
+    spec = sfft.rfft2(rng.random((2, 24, 24)).astype(np.float32)).astype(np.complex64)
+    dy, dx = np.array([0.5, -1.25]), np.array([2.0, 0.3])
+    expected = fourier_shift(spec, dy, dx)
+    out = fourier_shift(spec, dy, dx, overwrite=True)
+    assert out is spec
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="complex64"):
+        fourier_shift(spec.astype(np.complex128), dy, dx, overwrite=True)

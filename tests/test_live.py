@@ -341,6 +341,30 @@ def test_two_threads_give_the_same_stack_as_one(sim_capture) -> None:
     np.testing.assert_allclose(snaps[0].image, snaps[1].image, atol=1e-6)
 
 
+def test_sums_hold_exactly_the_pairs_marked_in_them(sim_capture) -> None:
+    """After reference promotions (every pair in the sums measured again and replaced,
+    from one transform of its patch) and evictions, each AP's sum is the sum of the
+    shifted spectra of the pairs marked as in it, with the shifts recorded for them."""
+    from live_stack.stack import frame_spectra
+
+    cap = sim_capture("moon")
+    with LiveStacker(LiveParams(buffer_size=30, warmup=20, reference_interval=10,
+                                threads=1)) as st:
+        feed(st, cap.frames, cap.info.timestamps)
+        state = st._state
+        assert st.stats()["events"]["reference"] >= 2  # promotions happened
+        st._sync(state)  # stale pairs too: all measured on the current reference
+        expected = np.zeros_like(state.sums.spectra)
+        for slot in np.flatnonzero(state.contrib.any(axis=1)):
+            aps = np.flatnonzero(state.contrib[slot])
+            expected[aps] += frame_spectra(st._frames[slot], st._centres(state, slot, aps),
+                                           state.grid.fft_size, state.dy[slot, aps],
+                                           state.dx[slot, aps])
+        np.testing.assert_array_equal(state.sums.counts, state.contrib.sum(axis=0))
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(state.sums.spectra, expected, atol=1e-4 * scale)
+
+
 def test_frames_that_cannot_enter_are_dropped_before_aligning(sim_capture) -> None:
     from live_stack.live import GATE_SAMPLE
 
