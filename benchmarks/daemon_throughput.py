@@ -91,16 +91,17 @@ class _Snap:
         self.image, self.stats, self.ap_centres, self.ap_size = image, {}, np.zeros((0, 2)), 0
 
 
-def run(video: str, rate: float, seconds: float, queue_size: int,
+def run(video: str, rate: float, seconds: float, queue_size: int | None,
         transport_only: bool) -> dict[str, float]:
-    from live_stack.live import LiveParams, LiveStacker
+    from daemon.cli import make_stacker
 
-    stacker = TransportOnly() if transport_only else LiveStacker(LiveParams())
+    stacker = TransportOnly() if transport_only else make_stacker({})  # as the daemon does
     any_port = "tcp://127.0.0.1:*"
     with tempfile.TemporaryDirectory() as out:
         config = build_config({
             "endpoints": {"ingest": any_port, "publish": any_port, "control": any_port},
-            "service": {"queue_size": queue_size, "log_level": "warning"},
+            "service": {"log_level": "warning",
+                        **({} if queue_size is None else {"queue_size": queue_size})},
             "output": {"directory": out, "save_interval": 0, "session_log": False},
         })
         ctx = zmq.Context()
@@ -180,7 +181,8 @@ def main() -> int:
     p.add_argument("--sizes", nargs="+", default=["640x480", "1280x960"])
     p.add_argument("--rates", nargs="+", type=float, default=[50, 100, 200, 300, 0])
     p.add_argument("--seconds", type=float, default=6.0, help="seconds per run")
-    p.add_argument("--queue-size", type=int, default=32, help="the daemon's queue size")
+    p.add_argument("--queue-size", type=int, default=None,
+                   help="the daemon's queue size in frames (default: the daemon's default)")
     p.add_argument("--transport-only", action="store_true",
                    help="measure the daemon without stacking (see TransportOnly)")
     p.add_argument("--capture-frames", type=int, default=6000,
@@ -195,7 +197,11 @@ def main() -> int:
     print(f"allocator tuned as by the live-stack command: {tune_allocator()}; "
           f"BLAS limited to one thread: {limit_blas_threads()}")
     mode = "transport only (no stacking)" if args.transport_only else "live stacker"
-    print(f"daemon throughput, {mode}, {args.seconds:g} s per run, queue {args.queue_size}")
+    from daemon.config import ServiceParams
+
+    queue = (f"queue {args.queue_size} frames" if args.queue_size is not None else
+             f"queue {ServiceParams().queue_size} frames / {ServiceParams().queue_mib:g} MiB")
+    print(f"daemon throughput, {mode}, {args.seconds:g} s per run, {queue}")
     print(f"{'size':>10} {'offered':>8} {'sent/s':>8} {'stacked/s':>10} {'dropped':>8} "
           f"{'latency median':>15} {'p95':>7} {'max':>7} {'stacks':>7} "
           f"{'2nd half stacked/s':>19} {'dropped':>8}")

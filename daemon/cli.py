@@ -79,6 +79,9 @@ def daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, metavar="N",
                    help=f"frames waiting for the stacker before the oldest are dropped "
                    f"(service.queue_size; {d.service.queue_size})")
+    p.add_argument("--queue-mib", type=float, metavar="MIB",
+                   help=f"most MiB of frames waiting for the stacker (service.queue_mib; "
+                   f"{d.service.queue_mib:g})")
     p.add_argument("--publish-interval", type=float, metavar="S",
                    help=f"seconds between published stacks (service.publish_interval; "
                    f"{d.service.publish_interval:g})")
@@ -106,6 +109,7 @@ def daemon_config(args: argparse.Namespace) -> Any:
         "output.format": args.format,
         "output.record": args.record,
         "service.queue_size": args.queue_size,
+        "service.queue_mib": args.queue_mib,
         "service.publish_interval": args.publish_interval,
         "service.log_level": args.log_level,
         "curve.server_secret_key": args.server_secret_key,
@@ -128,8 +132,11 @@ def make_stacker(live: dict[str, Any]) -> Any:
 
     Raises ValueError naming a bad key or value.
     """
+    from live_stack.correlate import preload
     from live_stack.live import LiveParams, LiveStacker
 
+    # the FFT library's import (a quarter of a second) now, not in the first frames' turn
+    preload()
     stacker = LiveStacker(LiveParams())
     for name, value in live.items():
         try:

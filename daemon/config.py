@@ -111,7 +111,8 @@ class Endpoints:
 class ServiceParams:
     """How the daemon moves frames and publishes."""
 
-    queue_size: int = 32  # frames waiting for the stacker; when full the oldest is dropped
+    queue_size: int = 1000  # frames waiting for the stacker; when full the oldest is dropped
+    queue_mib: float = 256.0  # and at most this many MiB of them (frame sizes differ)
     batch_size: int = 8  # most waiting frames handed to the stacker in one call (add_batch)
     ingest_hwm: int = 64  # ZeroMQ receive high-water mark of the ingest socket (messages)
     publish_interval: float = 0.5  # seconds between stack publications (only when changed)
@@ -126,6 +127,7 @@ class ServiceParams:
     def __post_init__(self) -> None:
         for name in ("queue_size", "batch_size", "ingest_hwm", "recent_frames"):
             _number(getattr(self, name), name=f"service.{name}", minimum=1, integer=True)
+        _set(self, "queue_mib", _number(self.queue_mib, name="service.queue_mib", minimum=1))
         for name in ("publish_interval", "status_interval", "rate_window"):
             _set(self, name, _number(getattr(self, name), name=f"service.{name}", minimum=0.01))
         share = _number(self.max_snapshot_share, name="service.max_snapshot_share",

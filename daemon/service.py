@@ -57,6 +57,9 @@ from daemon.stats import IngestStats
 
 log = logging.getLogger(__name__)
 
+#: (frame, AP) pairs the stacker catches up on per call while no frame waits: a few
+#: milliseconds, so that a frame arriving meanwhile waits no longer than that.
+CATCH_UP_PAIRS = 32
 #: Send high-water mark of the publisher (messages queued per slow subscriber).
 PUBLISH_HWM = 8
 
@@ -239,7 +242,8 @@ class StackingService:
         self._stacker_lock = FairLock()  # guards the stacker and the state below
         self._save_lock = threading.Lock()
         self._stats = IngestStats(recent=svc.recent_frames, rate_window=svc.rate_window)
-        self._queue: DropOldestQueue[_Frame] = DropOldestQueue(svc.queue_size)
+        self._queue: DropOldestQueue[_Frame] = DropOldestQueue(
+            svc.queue_size, max_bytes=int(svc.queue_mib * (1 << 20)))
         self._throttle = _Throttle()
         self._threads: list[threading.Thread] = []
         self._auth: Any = None
@@ -491,12 +495,12 @@ class StackingService:
         if self._recorder is not None:
             self._recorder.write(header, array)
         try:
-            dropped = self._queue.put(_Frame(header, array))
+            dropped = self._queue.put(_Frame(header, array), array.nbytes)
         except QueueClosed:
             self._stats.on_drop("shutdown")
             return
-        if dropped is not None:
-            self._stats.on_drop("overflow")
+        if dropped:
+            self._stats.on_drop("overflow", len(dropped))
             self._throttle.warning(
                 "overflow", "frames arrive faster than they are stacked: oldest dropped"
             )
@@ -505,10 +509,16 @@ class StackingService:
 
     def _process_loop(self) -> None:
         batch_size = self.config.service.batch_size
+        behind = False  # the stacker has selection changes to catch up on
         while True:
             try:
-                first = self._queue.get()
-                batch = [first] if first is not None else []
+                # while no frame waits, the stacker catches up (quicker snapshots later)
+                first = self._queue.get(timeout=0 if behind else None)
+                if first is None:
+                    behind = self._catch_up()
+                    continue
+                behind = True
+                batch = [first]
                 while len(batch) < batch_size:
                     more = self._queue.get(timeout=0)
                     if more is None:
@@ -518,6 +528,20 @@ class StackingService:
                 return
             if batch:
                 self._process(batch)
+
+    def _catch_up(self) -> bool:
+        """Let the stacker do a little of its deferred work; whether more remains."""
+        catch_up = getattr(self._stacker, "catch_up", None)
+        if catch_up is None:
+            return False
+        with self._stacker_lock:
+            if self._paused:
+                return False
+            try:
+                return bool(catch_up(CATCH_UP_PAIRS))
+            except Exception:
+                log.exception("the stacker failed to catch up")
+                return False
 
     def _process(self, batch: list[_Frame]) -> None:
         """Give a batch of frames to the stacker (one call when it has ``add_batch``)."""
@@ -913,7 +937,8 @@ class StackingService:
             segment=segment,
             resets=resets,
             rates=dict(self._rates),
-            queue={"fill": len(self._queue), "size": self._queue.maxsize},
+            queue={"fill": len(self._queue), "size": self._queue.maxsize,
+                   "bytes": self._queue.nbytes},
             buffer={"fill": snap.get("buffer_fill", 0), "size": snap.get("buffer_size", 0)},
             aps=snap.get("aps", 0),
             quality=snap.get("quality", {}),

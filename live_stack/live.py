@@ -91,8 +91,9 @@ class LiveParams:
     reference_interval: int = 200  # the stack becomes the AP reference after this many admitted
     # frames, then after twice as many more, and so on (0: never)
     work_budget: int = 96  # (frame, AP) pairs re-measured per add() after a grid/reference change
-    sync_budget: int = 8  # selection changes applied to the AP sums per add(); the rest wait
-    # for the next snapshot, where changes that undid each other meanwhile cost nothing
+    sync_budget: int = 0  # selection changes applied to the AP sums per add(); the rest wait
+    # for catch_up() (a driver's idle time) or the next snapshot, where changes that undid
+    # each other meanwhile cost nothing (0: none per add, the cheapest under load)
     relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame
     reset_after: int = 60  # consecutive frames that fail to align before starting over
     snapshot_interval: float = 1.0  # seconds between snapshots a driver should take
@@ -939,14 +940,50 @@ class LiveStacker:
         return image, covered_box(shifts, self._shape[:2])
 
     def _blend(self, state: _APState) -> np.ndarray | None:
+        """The stack as it is in the sums (selection changes not yet applied wait: a
+        promotion would measure them again at once)."""
         slots = self._filled()
         if not len(slots):
             return None
-        self._sync(state, restale=False)
         background, _ = self._background(state, slots)
         image = state.sums.to_image(state.grid, background, self._params.blend).image
         # a drizzled stack serves as the AP reference at the sensor's scale
         return image if image.shape == background.shape else downscale(image, background.shape)
+
+    def catch_up(self, budget: int = 32) -> bool:
+        """Apply up to ``budget`` pending (frame, AP) changes to the sums.
+
+        Selection changes wait (see ``sync_budget``) until a snapshot needs them; a driver
+        with nothing else to do (no frame waiting) can call this instead, so that the next
+        snapshot has less to do. Under load it is not called, and changes that undo each
+        other before the snapshot cost nothing.
+
+        Parameters
+        ----------
+        budget : int
+            Most pairs measured, added or taken out in this call; at least 1.
+
+        Returns
+        -------
+        bool
+            Whether work remains.
+        """
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+        t0 = time.perf_counter()
+        try:
+            if self._next is not None:
+                self._sync(self._next, budget)
+                if not self._next.pending():
+                    self._state, self._next = self._next, None
+                return True
+            state = self._state
+            if state is None or not state.pending():
+                return False
+            self._sync(state, budget)
+            return bool(state.pending())
+        finally:
+            self._timing["catch_up"] += time.perf_counter() - t0
 
     def snapshot(self) -> Snapshot | None:
         """Blend the current stack.

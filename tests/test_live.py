@@ -365,6 +365,29 @@ def test_sums_hold_exactly_the_pairs_marked_in_them(sim_capture) -> None:
         np.testing.assert_allclose(state.sums.spectra, expected, atol=1e-4 * scale)
 
 
+def test_catch_up_does_the_deferred_work_and_changes_nothing_else(sim_capture) -> None:
+    """Selection changes wait for a snapshot (sync_budget 0) or for catch_up(); the stack
+    is the same either way, and a caught-up stacker's snapshot has nothing left to do."""
+    cap = sim_capture("moon")
+    params = LiveParams(buffer_size=40, sync_budget=0, threads=1)
+    with LiveStacker(params) as lazy, LiveStacker(params) as eager:
+        feed(lazy, cap.frames, cap.info.timestamps)
+        feed(eager, cap.frames, cap.info.timestamps)
+        assert lazy.stats()["pending_work"] > 0
+        calls = 0
+        while eager.catch_up(8):
+            calls += 1
+            assert calls < 100_000
+        assert calls > 0 and eager.stats()["pending_work"] == 0
+        assert not eager.catch_up(8)  # nothing left
+        a, b = lazy.snapshot(), eager.snapshot()
+        assert lazy.stats()["pending_work"] == 0  # the snapshot applied them
+    np.testing.assert_allclose(a.image, b.image, atol=1e-5)
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="budget"):
+            LiveStacker(params).catch_up(bad)
+
+
 def test_frames_that_cannot_enter_are_dropped_before_aligning(sim_capture) -> None:
     from live_stack.live import GATE_SAMPLE
 

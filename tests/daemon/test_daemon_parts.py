@@ -25,10 +25,21 @@ from daemon.stats import IngestStats
 def test_queue_drops_oldest_when_full() -> None:
     q: DropOldestQueue[int] = DropOldestQueue(3)
     dropped = [q.put(i) for i in range(5)]
-    assert dropped == [None, None, None, 0, 1]
+    assert dropped == [[], [], [], [0], [1]]
     assert len(q) == 3
     assert [q.get(timeout=0) for _ in range(3)] == [2, 3, 4]
     assert q.get(timeout=0.01) is None
+
+
+def test_queue_drops_oldest_beyond_its_bytes() -> None:
+    q: DropOldestQueue[str] = DropOldestQueue(100, max_bytes=10)
+    assert q.put("a", 4) == [] and q.put("b", 4) == []
+    assert q.put("c", 4) == ["a"]  # 12 bytes > 10: the oldest goes
+    assert q.nbytes == 8
+    assert q.put("big", 9) == ["b", "c"]
+    assert q.put("huge", 50) == ["big"]  # the newest stays, even alone above the limit
+    assert len(q) == 1 and q.nbytes == 50
+    assert q.get(timeout=0) == "huge" and q.nbytes == 0
 
 
 def test_queue_close_wakes_a_waiting_get() -> None:
@@ -59,6 +70,8 @@ def test_queue_close_wakes_a_waiting_get() -> None:
 def test_queue_size_is_checked(bad: object) -> None:
     with pytest.raises(ValueError, match="maxsize"):
         DropOldestQueue(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_bytes"):
+        DropOldestQueue(4, max_bytes=bad)  # type: ignore[arg-type]
 
 
 # -- fair lock --------------------------------------------------------------------------

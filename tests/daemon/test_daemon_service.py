@@ -92,7 +92,8 @@ def test_status_messages_are_published(svc: StackingService, zctx: zmq.Context) 
     for key in ("v", "state", "rates", "frames", "drops", "queue", "buffer", "aps",
                 "latency_s", "quality", "recent", "sources", "gaps", "params", "endpoints"):
         assert key in second, key
-    assert second["state"] == "running" and second["queue"]["size"] == 32
+    assert second["state"] == "running" and second["queue"]["size"] == 1000
+    assert second["queue"]["bytes"] == 0
     assert second["params"] == {"gain": 1.0}
 
 
@@ -185,6 +186,46 @@ def test_a_flood_is_bounded_and_counted(make_service: Callable[..., StackingServ
     # the frames kept were the newest ones: the first, then the last 8 of the flood
     assert stacker.timestamps[1:9] == sorted(stacker.timestamps[1:9])
     assert st["newest"]["seq"] == n  # the extra frame's seq
+
+
+def test_the_stacker_catches_up_while_no_frame_waits(
+    make_service: Callable[..., StackingService], zctx: zmq.Context, standin_cls: type
+) -> None:
+    """Deferred stacker work is done in idle time, until the stacker says none is left
+    (no busy loop after that), and never while paused."""
+
+    class Deferring(standin_cls):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.left = 0
+            self.catch_ups = 0
+
+        def add(self, frame: np.ndarray, timestamp: float | None = None) -> Any:
+            self.left = 5  # every frame leaves five steps of work behind
+            return super().add(frame, timestamp)
+
+        def catch_up(self, budget: int = 32) -> bool:
+            assert budget >= 1
+            self.catch_ups += 1
+            self.left -= 1
+            return self.left > 0
+
+    stacker = Deferring()
+    svc = make_service(stacker, service={"batch_size": 1})
+    with FramePusher(svc.endpoints.ingest, context=zctx) as push:
+        push.send(np.ones((16, 16), np.uint8))
+        _wait_for(lambda: stacker.calls == 1 and stacker.left == 0, "the stacker caught up")
+        assert stacker.catch_ups == 5
+        threading.Event().wait(0.3)
+        assert stacker.catch_ups == 5  # nothing left: the loop waits for frames again
+        svc.set_paused(True)
+        push.send(np.ones((16, 16), np.uint8))
+        _wait_for(lambda: _status(svc)["drops"].get("paused", 0) == 1, "the paused drop")
+        threading.Event().wait(0.2)
+        assert stacker.catch_ups == 5
+        svc.set_paused(False)
+        push.send(np.ones((16, 16), np.uint8))
+        _wait_for(lambda: stacker.left == 0 and stacker.catch_ups == 10, "caught up again")
 
 
 def test_a_flood_with_batches_accounts_for_every_frame(
