@@ -10,8 +10,8 @@ copies of its best frames and keep the stacker admitting them. Printed per run:
 - ``sent/s``: frames the source pushed per second;
 - ``stacked/s``: frames the stacker took per second;
 - ``dropped``: the share of the frames sent that the daemon dropped (queue overflow);
-- ``2nd half``: stacked/s and dropped share over the second half of the run only
-  (after the warm-up and the filling of the buffer: the sustained rate);
+- ``2nd half``: stacked/s, dropped share and largest latency over the second half of
+  the run only (after the warm-up and the filling of the buffer: the sustained rate);
 - ``latency``: for every stack published, the time from the moment its newest frame was
   pushed (the replay stamps each frame with its send time) to the moment a subscriber
   received the stack: median, 95th percentile and maximum.
@@ -116,7 +116,7 @@ def run(video: str, rate: float, seconds: float, queue_size: int | None,
                     msg = sub.recv(timeout=0.2)
                     if msg is not None:
                         newest = msg.header["meta"]["newest"]["time"]
-                        latencies.append(time.time() - newest)
+                        latencies.append((time.monotonic(), time.time() - newest))
 
         listener = threading.Thread(target=listen)
         listener.start()
@@ -162,7 +162,8 @@ def run(video: str, rate: float, seconds: float, queue_size: int | None,
         service.stop()
         ctx.term()
     drops = st["drops"]["overflow"]
-    lat = np.array(latencies[1:]) if len(latencies) > 1 else np.array([np.nan])
+    lat = np.array([v for _, v in latencies[1:]]) if len(latencies) > 1 else np.array([np.nan])
+    late = [v for t, v in latencies if half and t >= half["t"]] or [np.nan]
     return {
         "sent_fps": sent / pushed,
         "stacked_fps": st["frames"]["processed"] / elapsed,
@@ -171,6 +172,7 @@ def run(video: str, rate: float, seconds: float, queue_size: int | None,
         "lat_p95": float(np.percentile(lat, 95)),
         "lat_max": float(np.max(lat)),
         "stacks": len(latencies),
+        "second_lat_max": float(np.max(late)),
         "second_stacked_fps": second["stacked"],
         "second_dropped": second["dropped"],
     }
@@ -204,7 +206,7 @@ def main() -> int:
     print(f"daemon throughput, {mode}, {args.seconds:g} s per run, {queue}")
     print(f"{'size':>10} {'offered':>8} {'sent/s':>8} {'stacked/s':>10} {'dropped':>8} "
           f"{'latency median':>15} {'p95':>7} {'max':>7} {'stacks':>7} "
-          f"{'2nd half stacked/s':>19} {'dropped':>8}")
+          f"{'2nd half stacked/s':>19} {'dropped':>8} {'latency max':>12}")
     for text in args.sizes:
         w, h = (int(v) for v in text.split("x"))
         fastest = max(args.rates) if min(args.rates) > 0 else 1000.0
@@ -216,7 +218,8 @@ def main() -> int:
             print(f"{text:>10} {offered:>8} {r['sent_fps']:8.1f} {r['stacked_fps']:10.1f} "
                   f"{r['dropped']:8.1%} {r['lat_median']:14.2f}s {r['lat_p95']:6.2f}s "
                   f"{r['lat_max']:6.2f}s {r['stacks']:7d} "
-                  f"{r['second_stacked_fps']:19.1f} {r['second_dropped']:8.1%}", flush=True)
+                  f"{r['second_stacked_fps']:19.1f} {r['second_dropped']:8.1%} "
+                  f"{r['second_lat_max']:11.2f}s", flush=True)
     return 0
 
 

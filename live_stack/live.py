@@ -74,6 +74,11 @@ WEAK_SHARE = 0.4
 #: before, so that a change of target (frames that no longer align) is still noticed;
 #: after one fails, every frame is aligned again until one succeeds.
 GATE_SAMPLE = 4
+#: (frame, AP) pairs transformed and measured in one batch: enough to spread over the
+#: threads, few enough for the batch's arrays (26 KB per pair at 80 px) to stay small.
+#: One batch of the 5000 pairs of a first snapshot spent half its time in page faults
+#: and cache misses (its arrays took 126 MB each).
+PAIRS_PER_BATCH = 256
 #: Fewest frames, and fewest (frame, AP) patches, worth a thread of their own.
 MIN_FRAMES_PER_THREAD = 2
 MIN_PATCHES_PER_THREAD = 16
@@ -735,10 +740,12 @@ class LiveStacker:
             state.sel[np.argsort(col)[: nsel[a] - n], a] = False
 
     def _subtract(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        """Take ``(slot, aps)`` pairs that are in the sums out of them."""
-        groups = [(slot, aps) for slot, aps in groups if len(aps)]
-        if not groups:
-            return
+        """Take ``(slot, aps)`` pairs that are in the sums out of them, a batch of about
+        :data:`PAIRS_PER_BATCH` pairs at a time."""
+        for batch in _batches([(slot, aps) for slot, aps in groups if len(aps)]):
+            self._subtract_batch(state, batch)
+
+    def _subtract_batch(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
         patches = np.concatenate([
             frame_patches(self._frames[slot], self._centres(state, slot, aps),
                           state.grid.fft_size)
@@ -765,6 +772,12 @@ class LiveStacker:
             state.stale[slot, aps] = False
 
     def _add(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
+        """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums,
+        a batch of about :data:`PAIRS_PER_BATCH` pairs at a time."""
+        for batch in _batches(groups):
+            self._add_batch(state, batch)
+
+    def _add_batch(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
         """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums.
 
         Every patch is transformed once; the transform serves both the measurement and
@@ -1061,6 +1074,19 @@ def _gate_step(quality: float, worst: float, count: int) -> tuple[bool, int]:
         return False, count
     count += 1
     return count % GATE_SAMPLE != 0, count
+
+
+def _batches(groups: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndarray]]]:
+    """Whole ``(slot, aps)`` groups in batches of about :data:`PAIRS_PER_BATCH` pairs."""
+    batches: list[list[tuple[int, np.ndarray]]] = [[]]
+    size = 0
+    for group in groups:
+        if size and size + len(group[1]) > PAIRS_PER_BATCH:
+            batches.append([])
+            size = 0
+        batches[-1].append(group)
+        size += len(group[1])
+    return batches if batches[0] else []
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
