@@ -16,6 +16,11 @@ Heavy work is spread over later calls: when the AP grid is laid again (large dri
 new AP size) or the stack is promoted to be the new AP reference, the pairs of frames
 and APs to measure again are queued, and every :meth:`LiveStacker.add` works off a
 bounded number of them; until a new grid has caught up, snapshots come from the old one.
+Selection changes (a frame entering or leaving the best ``N`` at an AP) wait, by
+default, until a snapshot needs them or a driver with nothing else to do calls
+:meth:`LiveStacker.catch_up`: while frames pour in, most changes undo each other before
+the snapshot (a frame enters an AP's best and is pushed out again) and cost nothing.
+Only a frame leaving the buffer is taken out of the sums at once (its pixels go).
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ from live_stack.align import (
     measure_shifts,
 )
 from live_stack.apgrid import APGrid, APParams, lay_grid
-from live_stack.correlate import Shifts, correlate_spectra
+from live_stack.correlate import Shifts, correlate, correlate_spectra
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams, crop_output, downscale, make_sums, scale_points
 from live_stack.finish import finish
 from live_stack.frames import check_frame, luminance_u8_or_f32
 from live_stack.local import (
     LocalParams,
+    extract,
     inside,
     judge,
     make_ap_targets,
@@ -95,7 +101,7 @@ class LiveParams:
     warmup: int = 40  # frames collected before the first reference and AP grid
     reference_interval: int = 200  # the stack becomes the AP reference after this many admitted
     # frames, then after twice as many more, and so on (0: never)
-    work_budget: int = 96  # (frame, AP) pairs re-measured per add() after a grid/reference change
+    work_budget: int = 32  # (frame, AP) pairs re-measured per add() after a grid/reference change
     sync_budget: int = 0  # selection changes applied to the AP sums per add(); the rest wait
     # for catch_up() (a driver's idle time) or the next snapshot, where changes that undid
     # each other meanwhile cost nothing (0: none per add, the cheapest under load)
@@ -198,6 +204,11 @@ class _APState:
     best ``n`` at an AP and is pushed out again before the next snapshot) and so cost
     nothing. A measured shift is kept per pair (``measured``, ``okm``, ``dy``, ``dx``)
     and is not measured again while the reference stays the same.
+
+    ``offset`` is where the current AP targets sit relative to the grid's first
+    reference, per AP: it is added to every shift measured against them, so that pairs
+    measured before and after a reference promotion are placed alike and may be summed
+    together while the older ones are measured again.
     """
 
     def __init__(self, grid: APGrid, reference: np.ndarray, slots: int, channels: int,
@@ -205,6 +216,7 @@ class _APState:
         m = len(grid)
         self.grid = grid
         self.targets = make_ap_targets(reference, grid, local)
+        self.offset = np.zeros((m, 2), dtype=np.float32)
         self.sums = make_sums(grid, channels, drizzle)
         self.q = np.full((slots, m), -np.inf, dtype=np.float32)
         self.sel = np.zeros((slots, m), dtype=bool)
@@ -553,7 +565,6 @@ class LiveStacker:
         t3 = time.perf_counter()
         self._timing["admit"] += t3 - t2
         self._check_drift()
-        self._maybe_promote_reference()
         self._work()
         self._timing["work"] += time.perf_counter() - t3
         return AddResult(admitted=True, reason=None, quality=quality)
@@ -835,8 +846,8 @@ class LiveStacker:
                            self._params.local)
                 state.measured[slot, aps] = True
                 state.okm[slot, aps] = ok
-                state.dy[slot, aps] = r.dy[a:b]
-                state.dx[slot, aps] = r.dx[a:b]
+                state.dy[slot, aps] = r.dy[a:b] + state.offset[aps, 0]
+                state.dx[slot, aps] = r.dx[a:b] + state.offset[aps, 1]
                 self._local_measured += len(aps)
                 self._local_failed += int((~ok).sum())
         use = state.okm[pair_slot, pair_aps]
@@ -862,8 +873,7 @@ class LiveStacker:
         """Apply the net selection changes (and stale re-measurements) to the sums.
 
         Three steps, in order: pairs measured on an old reference are measured again
-        (unless ``restale`` is false: they are valid contributions meanwhile, so a
-        snapshot need not wait for them); pairs no longer selected are taken out; pairs
+        (unless ``restale`` is false); pairs no longer selected are taken out; pairs
         newly selected are put in. With a ``budget``, at most that many pairs are worked
         on.
         """
@@ -921,7 +931,9 @@ class LiveStacker:
         stack becomes the AP reference (the first promotions matter; later ones would
         only cost work).
 
-        The pairs in the sums are then measured again against it, a bounded number per
+        Called by :meth:`snapshot` and :meth:`catch_up` before they apply the waiting
+        selection changes, so that those pairs are measured once, against the new
+        reference. The pairs already in the sums are measured again, a bounded number per
         call (:meth:`_work`); shifts cached for pairs not in the sums are forgotten.
         """
         every = self._params.reference_interval * 2 ** self._events["reference"]
@@ -935,7 +947,19 @@ class LiveStacker:
         if image is None:
             return
         lum = image if image.ndim == 2 else luminance_u8_or_f32(image)
-        state.targets = make_ap_targets(lum, state.grid, self._params.local)
+        grid, local = state.grid, self._params.local
+        targets = make_ap_targets(lum, grid, local)
+        # where the new reference sits against the current targets, AP by AP; an AP
+        # where that is not measured reliably keeps its current target
+        aps = np.arange(len(grid))
+        found = correlate(extract(lum, grid.centres, grid.fft_size), state.targets,
+                          index=aps, max_shift=grid.search)
+        moved = ((found.strength >= local.min_strength) & (np.abs(found.dy) < grid.search)
+                 & (np.abs(found.dx) < grid.search))
+        targets.spectrum[~moved] = state.targets.spectrum[~moved]
+        state.offset[moved, 0] += found.dy[moved]
+        state.offset[moved, 1] += found.dx[moved]
+        state.targets = targets
         self._events["reference"] += 1
         state.stale[:] = state.contrib
         state.measured &= state.contrib
@@ -985,6 +1009,7 @@ class LiveStacker:
             raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
         t0 = time.perf_counter()
         try:
+            self._maybe_promote_reference()
             if self._next is not None:
                 self._sync(self._next, budget)
                 if not self._next.pending():
@@ -1011,6 +1036,9 @@ class LiveStacker:
         if state is None or not len(slots):
             return None
         t0 = time.perf_counter()
+        self._maybe_promote_reference()
+        # pairs measured on an older reference are valid contributions (see
+        # _APState.offset): their new measurement need not hold up the snapshot
         self._sync(state, restale=False)
         t1 = time.perf_counter()
         self._timing["sync"] += t1 - t0

@@ -350,7 +350,9 @@ def test_sums_hold_exactly_the_pairs_marked_in_them(sim_capture) -> None:
     cap = sim_capture("moon")
     with LiveStacker(LiveParams(buffer_size=30, warmup=20, reference_interval=10,
                                 threads=1)) as st:
-        feed(st, cap.frames, cap.info.timestamps)
+        for i in range(0, len(cap.frames), CHUNK):  # promotions happen at snapshots
+            st.add_batch(cap.frames[i : i + CHUNK], list(cap.info.timestamps[i : i + CHUNK]))
+            st.snapshot()
         state = st._state
         assert st.stats()["events"]["reference"] >= 2  # promotions happened
         st._sync(state)  # stale pairs too: all measured on the current reference
