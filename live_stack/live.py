@@ -99,8 +99,8 @@ class LiveParams:
     window_frames: int = 0  # keep only frames among the last M received (0: no limit)
     window_seconds: float = 0.0  # keep only frames captured in the last T seconds (0: no limit)
     warmup: int = 40  # frames collected before the first reference and AP grid
-    reference_interval: int = 200  # the stack becomes the AP reference after this many admitted
-    # frames, then after twice as many more, and so on (0: never)
+    reference_interval: int = 200  # the stack becomes the AP reference (at the next snapshot or
+    # catch_up) after this many admitted frames, then after twice as many more... (0: never)
     work_budget: int = 32  # (frame, AP) pairs re-measured per add() after a grid/reference change
     sync_budget: int = 0  # selection changes applied to the AP sums per add(); the rest wait
     # for catch_up() (a driver's idle time) or the next snapshot, where changes that undid
