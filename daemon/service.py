@@ -32,7 +32,8 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -462,22 +463,28 @@ class StackingService:
 
     # -- ingest --------------------------------------------------------------------------
 
-    def _ingest_loop(self, sock: zmq.Socket) -> None:
+    def _readable(self, sock: zmq.Socket) -> Iterator[None]:
+        """Yield each time ``sock`` has a message waiting, until the service stops; the
+        socket is closed at the end (waits of ``poll_timeout``, so that a stop is seen)."""
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         timeout_ms = self.config.service.poll_timeout * 1000
         try:
             while not self._stop.is_set():
-                if not poller.poll(timeout_ms):
-                    continue
+                if poller.poll(timeout_ms):
+                    yield
+        finally:
+            sock.close(linger=0)
+
+    def _ingest_loop(self, sock: zmq.Socket) -> None:
+        with closing(self._readable(sock)) as ready:
+            for _ in ready:
                 for _ in range(INGEST_BATCH):
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._on_message(parts)
-        finally:
-            sock.close(linger=0)
 
     def _on_message(self, parts: list[Any]) -> None:
         """Decode one ingest message and queue it; every failure is a counted drop."""
@@ -526,8 +533,7 @@ class StackingService:
                     batch.append(more)
             except QueueClosed:
                 return
-            if batch:
-                self._process(batch)
+            self._process(batch)
 
     def _catch_up(self) -> bool:
         """Let the stacker do a little of its deferred work; whether more remains."""
@@ -746,20 +752,12 @@ class StackingService:
     # -- control -------------------------------------------------------------------------
 
     def _control_loop(self, sock: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        timeout_ms = self.config.service.poll_timeout * 1000
-        try:
-            while not self._stop.is_set():
-                if not poller.poll(timeout_ms):
-                    continue
-                parts = sock.recv_multipart()
-                reply, stop = self.handle_request(parts)
+        with closing(self._readable(sock)) as ready:
+            for _ in ready:
+                reply, stop = self.handle_request(sock.recv_multipart())
                 sock.send(reply)
                 if stop:
                     self.request_stop()
-        finally:
-            sock.close(linger=0)
 
     def handle_request(self, parts: list[bytes]) -> tuple[bytes, bool]:
         """Answer one control request; return the encoded reply and whether to stop.
