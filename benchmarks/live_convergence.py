@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from _common import add_cache_option, cached_capture, print_header
 
-#: Frames per add_batch call (the daemon's default batch).
+#: Frames per add_batch call (a few frames at a time, as a daemon keeping up hands them
+#: over; it hands over up to its batch_size, 32, when they pile up).
 CHUNK = 8
 #: Plot size and margins, pixels.
 PLOT_W, PLOT_H = 960, 540

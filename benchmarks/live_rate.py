@@ -37,8 +37,9 @@ QUICK_DISTINCT = {(640, 480): 500, (1280, 960): 100}
 #: Frames per run by default: enough to pass the warm-up and fill the buffer well.
 FRAMES = {(640, 480): 2000, (1280, 960): 600}
 QUICK_FRAMES = {(640, 480): 600, (1280, 960): 300}
-#: Frames handed over per add_batch call (daemon.config's default batch_size).
-CHUNK = 8
+#: Frames handed over per add_batch call (daemon.config's default batch_size: what the
+#: daemon hands over when frames pile up).
+CHUNK = 32
 #: Seconds between snapshots (LiveParams().snapshot_interval).
 SNAPSHOT_EVERY_S = 1.0
 #: Target of issue 3 for 640x480, frames per second.

@@ -113,7 +113,7 @@ class ServiceParams:
 
     queue_size: int = 1000  # frames waiting for the stacker; when full the oldest is dropped
     queue_mib: float = 256.0  # and at most this many MiB of them (frame sizes differ)
-    batch_size: int = 8  # most waiting frames handed to the stacker in one call (add_batch)
+    batch_size: int = 32  # most waiting frames handed to the stacker in one call (add_batch)
     ingest_hwm: int = 64  # ZeroMQ receive high-water mark of the ingest socket (messages)
     publish_interval: float = 0.5  # seconds between stack publications (only when changed)
     max_snapshot_share: float = 0.5  # most of the stacker's time spent on snapshots: slow

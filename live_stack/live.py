@@ -14,8 +14,12 @@ blends the sums exactly as the offline pipeline does.
 
 Heavy work is spread over later calls: when the AP grid is laid again (large drift, a
 new AP size) or the stack is promoted to be the new AP reference, the pairs of frames
-and APs to measure again are queued, and every :meth:`LiveStacker.add` works off a
-bounded number of them; until a new grid has caught up, snapshots come from the old one.
+and APs to measure again are queued, and every call of :meth:`LiveStacker.add` or
+:meth:`LiveStacker.add_batch` works off a bounded number of them: per frame for a new
+grid; per call after a promotion (the pairs on the old reference are good meanwhile,
+so a driver that falls behind and hands over bigger batches spends less on them per
+frame, and catches up when idle). Until a new grid has caught up, snapshots come from
+the old one.
 Selection changes (a frame entering or leaving the best ``N`` at an AP) wait, by
 default, until a snapshot needs them or a driver with nothing else to do calls
 :meth:`LiveStacker.catch_up`: while frames pour in, most changes undo each other before
@@ -85,6 +89,11 @@ GATE_SAMPLE = 4
 #: One batch of the 5000 pairs of a first snapshot spent half its time in page faults
 #: and cache misses (its arrays took 126 MB each).
 PAIRS_PER_BATCH = 256
+#: The stack becomes the AP reference only when its sums hold at least this share of
+#: the selected (frame, AP) pairs: before the first snapshot has put them in, the stack
+#: is mostly the globally aligned background, no better than the reference it would
+#: replace, and promoting it would only make every pair in the sums stale.
+PROMOTE_FILLED = 0.5
 #: Fewest frames, and fewest (frame, AP) patches, worth a thread of their own.
 MIN_FRAMES_PER_THREAD = 2
 MIN_PATCHES_PER_THREAD = 16
@@ -101,8 +110,9 @@ class LiveParams:
     warmup: int = 40  # frames collected before the first reference and AP grid
     reference_interval: int = 200  # the stack becomes the AP reference (at the next snapshot or
     # catch_up) after this many admitted frames, then after twice as many more... (0: never)
-    work_budget: int = 32  # (frame, AP) pairs re-measured per add() after a grid/reference change
-    sync_budget: int = 0  # selection changes applied to the AP sums per add(); the rest wait
+    work_budget: int = 32  # (frame, AP) pairs measured after a change: per frame while a new
+    # grid is built, per add()/add_batch() call after a reference promotion
+    sync_budget: int = 0  # selection changes applied to the AP sums per frame; the rest wait
     # for catch_up() (a driver's idle time) or the next snapshot, where changes that undid
     # each other meanwhile cost nothing (0: none per add, the cheapest under load)
     relay_drift: float = 0.15  # re-anchor when recent frames drift this share of the frame
@@ -447,29 +457,39 @@ class LiveStacker:
                 results.append(None)
                 pending.append(i)
         if pending:
+            self._admit_pending(frames, maps, times, pending, results)
             t1 = time.perf_counter()
-            target = self._target
-            assert target is not None
-            plan = self._plan_gate([maps[i].quality for i in pending])
-            align = [i for i, go in zip(pending, plan, strict=True) if go]
-            found = self._measure_shifts([frames[i] for i in align], target)
-            shifts = dict(zip(align, found, strict=True))
-            self._timing["align"] += time.perf_counter() - t1
-            for i in pending:
-                if self._target is not target:  # a reset or re-anchor happened meanwhile
-                    if self._target is None:
-                        results[i] = self._warm_up(frames[i], maps[i], times[i])
-                        continue
-                    shifts.pop(i, None)  # measured against the old target
-                if self._gate(maps[i].quality):
-                    results[i] = self._drop_unaligned(maps[i])
-                    continue
-                if i not in shifts:
-                    t2 = time.perf_counter()
-                    shifts[i] = measure_shifts([frames[i]], self._target)[0]
-                    self._timing["align"] += time.perf_counter() - t2
-                results[i] = self._admit(frames[i], maps[i], shifts[i], times[i])
+            self._work(len(pending))
+            self._timing["work"] += time.perf_counter() - t1
         return results  # type: ignore[return-value]
+
+    def _admit_pending(self, frames: list[np.ndarray], maps: list[QualityMap],
+                       times: list[float], pending: list[int],
+                       results: list[AddResult | None]) -> None:
+        """Align the batch's frames ``pending`` (those after the warm-up), then admit or
+        drop them one by one, in order, filling in ``results``."""
+        t1 = time.perf_counter()
+        target = self._target
+        assert target is not None
+        plan = self._plan_gate([maps[i].quality for i in pending])
+        align = [i for i, go in zip(pending, plan, strict=True) if go]
+        found = self._measure_shifts([frames[i] for i in align], target)
+        shifts = dict(zip(align, found, strict=True))
+        self._timing["align"] += time.perf_counter() - t1
+        for i in pending:
+            if self._target is not target:  # a reset or re-anchor happened meanwhile
+                if self._target is None:
+                    results[i] = self._warm_up(frames[i], maps[i], times[i])
+                    continue
+                shifts.pop(i, None)  # measured against the old target
+            if self._gate(maps[i].quality):
+                results[i] = self._drop_unaligned(maps[i])
+                continue
+            if i not in shifts:
+                t2 = time.perf_counter()
+                shifts[i] = measure_shifts([frames[i]], self._target)[0]
+                self._timing["align"] += time.perf_counter() - t2
+            results[i] = self._admit(frames[i], maps[i], shifts[i], times[i])
 
     def _measure_shifts(self, frames: list[np.ndarray], target: GlobalTarget) -> np.ndarray:
         """:func:`~live_stack.align.measure_shifts` of frames, on this stacker's threads."""
@@ -517,7 +537,6 @@ class LiveStacker:
     def _drop_for_quality(self, quality: float, since: float) -> AddResult:
         """Drop a frame that cannot enter the buffer (its admission began at ``since``)."""
         self._dropped["quality"] += 1
-        self._work()
         self._timing["admit"] += time.perf_counter() - since
         return AddResult(admitted=False, reason="quality", quality=quality)
 
@@ -550,7 +569,6 @@ class LiveStacker:
             if self._fails >= self._params.reset_after:
                 self._events["scene_reset"] += 1
                 self._restart()
-            self._work()
             return AddResult(admitted=False, reason="alignment", quality=quality)
         self._fails = 0
         slot = self._free_slot(quality)
@@ -562,11 +580,8 @@ class LiveStacker:
         self._since_reference += 1
         for state in self._states():
             self._enter(state, slot)
-        t3 = time.perf_counter()
-        self._timing["admit"] += t3 - t2
+        self._timing["admit"] += time.perf_counter() - t2
         self._check_drift()
-        self._work()
-        self._timing["work"] += time.perf_counter() - t3
         return AddResult(admitted=True, reason=None, quality=quality)
 
     # ------------------------------------------------------------------ start-up
@@ -890,12 +905,15 @@ class LiveStacker:
         self._subtract(state, _take(state.contrib & ~state.sel, left))
         self._add(state, _take(state.wanted(), left))
 
-    def _work(self) -> None:
-        """Spend the per-call budget on a grid being built, stale pairs, and bringing the
-        sums in line with the selection."""
+    def _work(self, frames: int) -> None:
+        """Spend the budget of a call that took ``frames`` frames: on a grid being built
+        (``work_budget`` pairs per frame: the old grid is drifting out of the frame), else
+        on stale pairs (``work_budget`` per call: they are good meanwhile, see
+        ``_APState.offset``), else on bringing the sums in line with the selection
+        (``sync_budget`` per frame)."""
         budget = self._params.work_budget
         if self._next is not None:
-            self._sync(self._next, budget)
+            self._sync(self._next, budget * frames)
             if not self._next.pending():
                 self._state, self._next = self._next, None
         elif self._state is not None and self._state.stale.any():
@@ -903,7 +921,7 @@ class LiveStacker:
         elif self._state is not None and self._params.sync_budget:
             # a little of the net selection changes now, so that snapshots stay quick;
             # the rest at the snapshot
-            self._sync(self._state, self._params.sync_budget)
+            self._sync(self._state, self._params.sync_budget * frames)
 
     def _check_drift(self) -> None:
         """Re-anchor on a recent frame when the object has drifted far from the target."""
@@ -941,6 +959,8 @@ class LiveStacker:
         if not every or self._since_reference < every or state is None or self._next:
             return
         if state.stale.any():
+            return
+        if (state.contrib & state.sel).sum() < PROMOTE_FILLED * state.sel.sum():
             return
         self._since_reference = 0
         image = self._blend(state)

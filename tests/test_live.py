@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from live_stack.live import AddResult, LiveParams, LiveStacker
+from live_stack.live import PROMOTE_FILLED, AddResult, LiveParams, LiveStacker
 from live_stack.pipeline import PipelineParams, run
 from live_stack.reference import mean_aligned
 from live_stack.simulate import canvas_margin, render_scene
@@ -416,6 +416,58 @@ def test_pairs_on_the_old_and_the_new_reference_sum_alike(sim_capture) -> None:
     # measured: 0.005 dB apart; 0.05 dB without the offset (the old pairs sit up to
     # 1.7 px away from the new ones at some APs)
     assert a > b - 0.02, (a, b)
+
+
+def test_a_stack_not_yet_in_the_sums_is_not_promoted(sim_capture) -> None:
+    """Before a snapshot has put the selected pairs in the sums, the stack is mostly
+    background: it does not become the AP reference (catch_up waits); once the sums hold
+    the selection, it does."""
+    cap = sim_capture("moon")
+    params = LiveParams(buffer_size=60, warmup=10, reference_interval=20, threads=1)
+    with LiveStacker(params) as st:
+        feed(st, cap.frames[:80], cap.info.timestamps[:80])
+        state = st._state
+        assert st._since_reference >= 20  # due
+        # the warm-up's selection went in at the start; most of today's has not
+        held = (state.contrib & state.sel).sum()
+        assert held < PROMOTE_FILLED * state.sel.sum() - 1
+        st.catch_up(1)
+        assert st.stats()["events"].get("reference", 0) == 0
+        assert (state.contrib & state.sel).sum() <= held + 1  # the one pair it was given
+        st.snapshot()  # puts the selection in (and does not promote: not yet filled)
+        assert st.stats()["events"].get("reference", 0) == 0
+        st.catch_up(1)
+        assert st.stats()["events"]["reference"] == 1
+        assert state.stale.sum() > 100  # every pair in the sums is to be measured again
+
+
+def test_re_measuring_after_a_promotion_is_bounded_per_call(sim_capture) -> None:
+    """After a promotion, each add_batch call re-measures at most work_budget stale pairs,
+    however many frames it brings: a driver that has fallen behind (big batches) spends
+    less per frame on them and catches up on them when idle."""
+    cap = sim_capture("moon")
+    budget = 16
+    with LiveStacker(LiveParams(buffer_size=40, reference_interval=20, work_budget=budget,
+                                threads=1)) as st:
+        feed(st, cap.frames[:80], cap.info.timestamps[:80])
+        st.snapshot()
+        st.catch_up(1)  # promotes
+        state = st._state
+        stale = int(state.stale.sum())
+        assert stale > 4 * budget
+        for start in (80, 112):  # two calls of 32 frames
+            measured = st.stats()["local_measured"]
+            st.add_batch(cap.frames[start : start + 32],
+                         list(cap.info.timestamps[start : start + 32]))
+            # new selections wait for a snapshot (sync_budget 0): what is measured is
+            # stale pairs, at most one call's budget (32 frames' worth before)
+            assert 0 < st.stats()["local_measured"] - measured <= budget
+            now = int(state.stale.sum())
+            assert now < stale
+            stale = now
+        while st.catch_up(64):
+            pass
+        assert not state.stale.any()
 
 
 def test_frames_that_cannot_enter_are_dropped_before_aligning(sim_capture) -> None:
