@@ -86,7 +86,7 @@ def _git_commit() -> str:
 def machine_info() -> dict[str, object]:
     """What the figures depend on: CPU, cores, memory, load, library versions, commit."""
     import cv2
-    import scipy
+    import ducc0
 
     mem = _mem_total_gib()
     return {
@@ -96,7 +96,7 @@ def machine_info() -> dict[str, object]:
         "load average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "scipy": scipy.__version__,
+        "ducc0 (FFT)": ducc0.__version__,
         "opencv": cv2.__version__,
         "os": f"{platform.system()} {platform.release()}",
         "commit": _git_commit(),

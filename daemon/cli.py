@@ -132,11 +132,8 @@ def make_stacker(live: dict[str, Any]) -> Any:
 
     Raises ValueError naming a bad key or value.
     """
-    from live_stack.correlate import preload
     from live_stack.live import LiveParams, LiveStacker
 
-    # the FFT library's import (a quarter of a second) now, not in the first frames' turn
-    preload()
     stacker = LiveStacker(LiveParams())
     for name, value in live.items():
         try:

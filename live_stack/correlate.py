@@ -16,39 +16,18 @@ Shift convention: a measured shift ``(dy, dx)`` means the patch content sits at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from types import ModuleType
+from functools import lru_cache
 
 import numpy as np
 
+from live_stack.fft import irfft2, rfft2
+
 #: Small constant keeping the spectrum normalisation finite on empty frequencies.
 _EPS = 1e-12
-#: Threads of one FFT call. Parallelism is at the level of frames (see
-#: :mod:`live_stack.parallel`); threads inside each FFT as well only oversubscribe the cores.
-FFT_WORKERS = 1
 #: The correlation surface is computed only in the search window (two small matrix
 #: products) when the window's side is at most the patch side divided by this; a larger
 #: window is cheaper by the whole inverse transform.
 PRUNE_SHARE = 3
-
-
-@cache
-def scipy_fft() -> ModuleType:
-    """``scipy.fft``, imported on first use.
-
-    Importing it costs about a quarter of a second (most of it in SciPy's array-API
-    layer), a sixth of a short ``reprocess`` run: the command line calls :func:`preload`
-    in a thread while it reads its input, so that the import overlaps with work that
-    needs no FFT (decoding, ranking).
-    """
-    import scipy.fft
-
-    return scipy.fft
-
-
-def preload() -> None:
-    """Import the FFT library now (see :func:`scipy_fft`)."""
-    scipy_fft()
 
 
 @lru_cache(maxsize=64)
@@ -126,12 +105,12 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0) -> Target:
     if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
         raise ValueError(f"patches must be square, (m, n, n); got shape {patches.shape}")
     n = patches.shape[-1]
-    spec = scipy_fft().rfft2(_prepare(patches), workers=FFT_WORKERS)
+    spec = rfft2(_prepare(patches))
     spec = np.conj(spec) / (np.abs(spec) + _EPS)
     low = gaussian_lowpass(n, peak_sigma)
     spec = (spec * low).astype(np.complex64)
     # Peak of the inverse real FFT of the low-pass itself (full Hermitian sum / n^2).
-    norm = float(scipy_fft().irfft2(low.astype(np.float64), s=(n, n))[0, 0])
+    norm = float(irfft2(low.astype(np.complex128), (n, n))[0, 0])
     return Target(spectrum=spec, size=n, norm=norm)
 
 
@@ -184,7 +163,7 @@ def correlate(
     if patches.shape[1:] != (n, n):
         raise ValueError(f"patches must be (k, {n}, {n}) to match the target, got {patches.shape}")
     idx = np.arange(k) if index is None else np.asarray(index)
-    spec = scipy_fft().rfft2(_prepare(patches), workers=FFT_WORKERS)
+    spec = rfft2(_prepare(patches))
     return correlate_spectra(spec, target, index=idx, max_shift=max_shift)
 
 
@@ -195,7 +174,7 @@ def correlate_spectra(
     index: np.ndarray | None = None,
     max_shift: float | None = None,
 ) -> Shifts:
-    """:func:`correlate` on patches already transformed with ``scipy.fft.rfft2``.
+    """:func:`correlate` on patches already transformed with :func:`~live_stack.fft.rfft2`.
 
     The patches need not be windowed (the target is): the stacker transforms each patch
     once and uses the same spectrum to measure its shift and to stack it. Their mean is
@@ -234,7 +213,7 @@ def correlate_spectra(
     if side * PRUNE_SHARE <= n:
         win = _inverse_window(cross, n, limit + 1)
     else:
-        surf = scipy_fft().irfft2(cross, s=(n, n), workers=FFT_WORKERS)
+        surf = irfft2(cross, (n, n))
         win = surf[:, wrap[:, None], wrap[None, :]]
     inner = win[:, 1:-1, 1:-1].reshape(k, -1)
     py, px = np.divmod(inner.argmax(axis=1), side - 2)

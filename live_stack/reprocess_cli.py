@@ -11,7 +11,6 @@ import argparse
 import glob
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ from live_stack.align import AlignParams
 from live_stack.apgrid import APParams
 from live_stack.calibrate import CalibParams, Calibration, calibrate_source, load_calibration
 from live_stack.colour import ColourParams, debayer_source
-from live_stack.correlate import preload
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams
 from live_stack.local import LocalParams, parse_stack_size
@@ -267,8 +265,6 @@ def print_summary(path: str, s: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``live-stack reprocess``; returns the exit code."""
-    # import the FFT library while the options are checked and the input is read
-    threading.Thread(target=preload, name="preload-fft").start()
     args = parser().parse_args(argv)
     try:
         params = params_from(args)

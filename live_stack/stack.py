@@ -23,7 +23,8 @@ from functools import lru_cache
 import numpy as np
 
 from live_stack.apgrid import APGrid
-from live_stack.correlate import FFT_WORKERS, fourier_shift, scipy_fft
+from live_stack.correlate import fourier_shift
+from live_stack.fft import ALL_THREADS, irfft2, rfft2
 from live_stack.frames import INTEGER_SCALE, LUMA_WEIGHTS
 from live_stack.local import extract
 
@@ -111,7 +112,7 @@ class PatchSums:
         if len(have):
             mean = self.shift_sums[have] / self.counts[have, None]
             spectra = fourier_shift(self.spectra[have], -mean[:, 0], -mean[:, 1])
-            pix = scipy_fft().irfft2(spectra, s=(self.size, self.size), workers=-1)
+            pix = irfft2(spectra, (self.size, self.size), threads=ALL_THREADS)
             pix /= self.counts[have, None, None, None]
             mg = (self.size - box) // 2
             out[have] = pix[:, :, mg : mg + box, mg : mg + box]
@@ -166,7 +167,7 @@ def patch_spectra(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tuple
         complex64 ``(k, C, N, N // 2 + 1)`` and ``(k, N, N // 2 + 1)``.
     """
-    spec = scipy_fft().rfft2(patches.astype(np.float32, copy=False), workers=FFT_WORKERS)
+    spec = rfft2(patches.astype(np.float32, copy=False))
     spec = spec.astype(np.complex64, copy=False)
     if spec.shape[1] == 1:
         return spec, spec[:, 0]
@@ -176,7 +177,7 @@ def patch_spectra(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Spectra of patches ``(k, C, N, N)`` with the shifts ``(dy, dx)`` undone."""
-    spec = scipy_fft().rfft2(patches.astype(np.float32, copy=False), workers=FFT_WORKERS)
+    spec = rfft2(patches.astype(np.float32, copy=False))
     return fourier_shift(spec.astype(np.complex64, copy=False), dy, dx, overwrite=True)
 
 
