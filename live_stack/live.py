@@ -951,8 +951,10 @@ class LiveStacker:
 
         Called by :meth:`snapshot` and :meth:`catch_up` before they apply the waiting
         selection changes, so that those pairs are measured once, against the new
-        reference. The pairs already in the sums are measured again, a bounded number per
-        call (:meth:`_work`); shifts cached for pairs not in the sums are forgotten.
+        reference; while the sums hold less than ``PROMOTE_FILLED`` of the selection,
+        it waits, and :meth:`snapshot` calls it again after its sync. The pairs already
+        in the sums are measured again, a bounded number per call (:meth:`_work`);
+        shifts cached for pairs not in the sums are forgotten.
         """
         every = self._params.reference_interval * 2 ** self._events["reference"]
         state = self._state
@@ -1060,6 +1062,9 @@ class LiveStacker:
         # pairs measured on an older reference are valid contributions (see
         # _APState.offset): their new measurement need not hold up the snapshot
         self._sync(state, restale=False)
+        # a promotion that was due but waited for the sums to hold the selection
+        # (PROMOTE_FILLED) happens now that they do
+        self._maybe_promote_reference()
         t1 = time.perf_counter()
         self._timing["sync"] += t1 - t0
         background, box = self._background(state, slots)

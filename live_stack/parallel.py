@@ -1,7 +1,7 @@
 """A bounded thread pool for per-frame work.
 
 Frame sources are read from the calling thread only (sources are not thread-safe; video
-decoding is sequential); the heavy per-frame work (OpenCV, SciPy FFTs) releases the GIL
+decoding is sequential); the heavy per-frame work (OpenCV, ducc0 FFTs) releases the GIL
 and runs on worker threads. At most ``2 * threads`` frames are in flight, so memory stays
 bounded whatever the length of the capture.
 """
