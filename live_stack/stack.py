@@ -167,8 +167,7 @@ def patch_spectra(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tuple
         complex64 ``(k, C, N, N // 2 + 1)`` and ``(k, N, N // 2 + 1)``.
     """
-    spec = rfft2(patches.astype(np.float32, copy=False))
-    spec = spec.astype(np.complex64, copy=False)
+    spec = rfft2(patches.astype(np.float32, copy=False))  # complex64
     if spec.shape[1] == 1:
         return spec, spec[:, 0]
     lum = np.tensordot(spec, LUMA_WEIGHTS.astype(np.complex64), axes=([1], [0]))
@@ -178,7 +177,7 @@ def patch_spectra(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Spectra of patches ``(k, C, N, N)`` with the shifts ``(dy, dx)`` undone."""
     spec = rfft2(patches.astype(np.float32, copy=False))
-    return fourier_shift(spec.astype(np.complex64, copy=False), dy, dx, overwrite=True)
+    return fourier_shift(spec, dy, dx, overwrite=True)  # complex64, as rfft2 gives
 
 
 @lru_cache(maxsize=16)
