@@ -9,6 +9,7 @@ APT_PACKAGES=(
   indi-bin            # indiserver and indi_simulator_ccd, for the INDI source and its tests
   libindi-dev swig libcfitsio-dev libnova-dev zlib1g-dev  # to build pyindi-client
   libdbus-1-dev libglib2.0-dev   # pyindi-client's dependency dbus-python builds against these
+  systemd             # systemd-analyze, to verify the units in systemd/
   libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3  # Qt offscreen rendering
 )
 missing=()

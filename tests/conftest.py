@@ -11,6 +11,7 @@ exposed as fixtures returning callables, so that no test imports from a conftest
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,22 @@ def as_dtype() -> Callable[[np.ndarray, str], np.ndarray]:
         raise ValueError(f"dtype must be uint8, uint16 or float32, got {dtype!r}")
 
     return convert
+
+
+@pytest.fixture(scope="session")
+def live_stack_command() -> str:
+    """Path of the ``live-stack`` console script of the environment running the tests.
+
+    It sits beside ``sys.executable`` (``.venv/bin`` for ``scripts/test.sh``), so the tests
+    never depend on PATH. The symlink of a venv's python is not resolved: the script is in
+    the venv, not beside the interpreter it points to. Fails (never skips) when absent:
+    the project is then not installed in the environment running the tests.
+    """
+    exe = Path(sys.executable).parent / "live-stack"
+    if not exe.is_file():
+        pytest.fail(f"the live-stack console script is not beside {sys.executable} "
+                    "(install the project into this environment: bash scripts/setup.sh)")
+    return str(exe)
 
 
 @pytest.fixture(scope="session")

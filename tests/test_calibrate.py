@@ -306,12 +306,13 @@ def test_bad_master_inputs(files, tmp_path, capsys) -> None:
         MasterParams(max_frames=0)
 
 
-def test_master_dark_default_output_and_subprocess(files, tmp_path) -> None:
+def test_master_dark_default_output_and_subprocess(files, tmp_path,
+                                                   live_stack_command) -> None:
     with open_source(files["flats"]) as src:
         m = master_dark(src, MasterParams(method="mean"))
     assert m.kind == "dark" and m.frames == CALIBRATION_FRAMES and m.metadata["layout"] == "mono"
-    proc = subprocess.run(["live-stack", "master-dark", str(files["darks"])], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run([live_stack_command, "master-dark", str(files["darks"])],
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     default = files["dir"] / "darks_dark.tif"
     assert default.is_file() and str(default) in proc.stdout

@@ -196,9 +196,9 @@ def test_batch_into_a_folder(capture, tmp_path, capsys) -> None:
     assert "existing folder" in capsys.readouterr().err
 
 
-def test_subprocess_live_stack_reprocess(video, tmp_path) -> None:
+def test_subprocess_live_stack_reprocess(video, tmp_path, live_stack_command) -> None:
     out = tmp_path / "sub.tif"
-    proc = subprocess.run(["live-stack", "reprocess", str(video), "-o", str(out)],
+    proc = subprocess.run([live_stack_command, "reprocess", str(video), "-o", str(out)],
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
                           check=False)
     assert proc.returncode == 0, proc.stderr
