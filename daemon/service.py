@@ -825,10 +825,15 @@ class StackingService:
         return {"saved": str(saved) if saved else None, "segment": segment}
 
     def set_param(self, name: str, value: Any) -> dict[str, Any]:
-        """Change a live parameter (validated by the stacker); return its new value."""
+        """Change a live parameter (validated by the stacker); return its new value.
+
+        An accepted change makes a new stack: the snapshot thread blends the stack again
+        from the frames in the buffer (no new frame needed, e.g. after the source stopped).
+        """
         with self._stacker_lock:
             self._stacker.set_param(name, value)
             new = param_value(self._stacker.params, name, value)
+            self._version += 1
         return {"name": name, "value": plain(new)}
 
     def set_paused(self, paused: bool) -> dict[str, Any]:

@@ -344,7 +344,8 @@ class LiveStacker:
         ``name`` is a live field (``buffer_size``, ``stack_size``, ``window_seconds``, ...)
         or a phase field as ``PREFIX_FIELD`` (``ap_size``, ``local_outlier``, ...).
         Changing the buffer size, the AP grid or the measures starts the stack over;
-        changing the stack size or the window applies from the next frame.
+        changing the stack size or the window re-selects from the frames in the buffer
+        at once (the next snapshot blends the new selection, no new frame needed).
 
         Returns
         -------
@@ -381,6 +382,13 @@ class LiveStacker:
             ("ap_", "quality_", "align_", "local_", "drizzle_"))
         if restart:
             self._restart()
+        elif name == "stack_size":
+            for state in self._states():
+                self._rebalance(state)
+        elif name in ("window_frames", "window_seconds"):
+            filled = self._filled()
+            if len(filled):  # the window ends at the newest frame in the buffer
+                self._evict_window(float(self._time[filled].max()))
         return new
 
     # ------------------------------------------------------------------ ingest
