@@ -41,14 +41,22 @@ rows of up to three frames (the first, the middle and the last):
 ``info.metadata["byte_order"]`` reports the order used and ``["byte_order_rule"]`` which
 rule decided.
 
-**Memory.** The reader never reads the whole file: it maps the file once and copies
-each frame out into a new array (``SerReader[i]`` always returns a new array). The
-pages it touched are dropped from the process with ``madvise(MADV_DONTNEED)`` over the
-whole mapping after every :data:`DROP_BYTES` read, so the resident set stays within
-that much however large the file (the kernel keeps the pages in its page cache).
-Dropping after each frame would not do: the kernel's fault-around maps neighbouring
-pages back in, and the resident set would creep up by tens of KiB per frame. Mapping
-each frame's range anew, which also keeps memory flat, costs five times as long.
+**Reading.** The reader never reads the whole file and never maps it: each frame is read
+with ``preadv`` straight into the array returned (``SerReader[i]`` always returns a new
+array; a big-endian or BGR file goes through one reused buffer first), so the resident set
+stays flat however large the file (the kernel keeps the pages in its page cache), and no
+page of the file is ever touched through memory. A memory-mapped reader turns a file that
+shrinks under it (truncated, or re-created in place by a capture program) into SIGBUS,
+which kills the process; here a read that ends before the frame does raises
+:class:`~live_stack.io.SourceError` naming the file, the frame and both sizes. A file
+that is replaced (deleted and written anew under the same name) keeps being read as the
+file that was opened.
+
+**Crash-cut recordings.** With ``strict=False`` a file whose header claims more frames
+than it holds, or 0 frames (a capture program killed before it wrote the count), reads
+as the complete frames it holds; ``info.metadata["salvaged"]`` then says in one sentence
+what the header claimed and what was read, for the commands to print, and
+:func:`repair_header` rewrites the header's FrameCount (``live-stack repair``).
 
 **Recording safety.** :class:`SerWriter` writes each frame with an unbuffered write and
 then rewrites the header's FrameCount in place, so a recording killed at any moment reads
@@ -59,17 +67,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import mmap
 import os
 import struct
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from live_stack.io import BAYER_PATTERNS, FrameSource, SourceError, SourceInfo
 
-__all__ = ["SerReader", "SerWriter", "HEADER_SIZE", "FILE_ID", "ticks_to_unix", "unix_to_ticks"]
+__all__ = [
+    "SerReader",
+    "SerWriter",
+    "HEADER_SIZE",
+    "FILE_ID",
+    "repair_header",
+    "ticks_to_unix",
+    "unix_to_ticks",
+]
 
 #: The FileID every SER file starts with.
 FILE_ID = b"LUCAM-RECORDER"
@@ -126,8 +143,10 @@ BYTE_ORDER_SMOOTHNESS_RATIO = 4.0
 #: Byte-order detection: at most this many bytes are sampled from each frame.
 BYTE_ORDER_SAMPLE_BYTES = 1 << 20
 
-#: Bytes read between two drops of the mapped pages (bounds the resident set).
-DROP_BYTES = 16 << 20
+#: Whether ``os.preadv`` (a positioned read into a buffer, safe from any thread) exists;
+#: elsewhere the reader seeks and reads under a lock.
+_HAVE_PREADV = hasattr(os, "preadv")
+
 
 
 def ticks_to_unix(ticks: np.ndarray | int) -> np.ndarray | float:
@@ -188,27 +207,25 @@ class SerReader(FrameSource):
         except OSError as exc:
             raise SourceError(f"{self._path}: cannot open: {exc.strerror or exc}") from exc
         self._fd: int | None = fd
-        self._map: mmap.mmap | None = None  # the whole file, mapped on first read
-        self._since_drop = 0  # bytes copied out since the pages were last dropped
+        self._lock = threading.Lock()  # serialises seek + read where there is no preadv
+        self._salvaged: str | None = None  # what strict=False recovered, in one sentence
         try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
+            self._size = os.fstat(fd).st_size
+            if self._size < HEADER_SIZE:
                 raise SourceError(
-                    f"{self._path}: not a SER file: {size} bytes is shorter than the "
+                    f"{self._path}: not a SER file: {self._size} bytes is shorter than the "
                     f"{HEADER_SIZE}-byte header"
                 )
-            header = os.pread(fd, HEADER_SIZE, 0)
-            self._parse_header(header)
-            self._frames, self._ts_offset = self._check_size(size, strict=strict)
+            header = self._read_bytes(0, HEADER_SIZE, "the header")
+            self._parse_header(header.tobytes())
+            self._frames, self._ts_offset = self._check_size(self._size, strict=strict)
             little, rule = self._detect_byte_order()
             self._timestamps = self._read_trailer()
         except BaseException:
             self._fd = None
             os.close(fd)
             raise
-        self._sample_dtype = np.dtype(
-            np.uint8 if self._bytes_per_sample == 1 else ("<u2" if little else ">u2")
-        )
+        self._swap = self._bytes_per_sample == 2 and little != (sys.byteorder == "little")
         meta = {
             "format": "SER",
             "observer": self._observer,
@@ -222,6 +239,8 @@ class SerReader(FrameSource):
         if self._bytes_per_sample == 2:
             meta["byte_order"] = "little" if little else "big"
             meta["byte_order_rule"] = rule
+        if self._salvaged is not None:
+            meta["salvaged"] = self._salvaged
         self._info = SourceInfo(
             path=self._path,
             width=self._width,
@@ -287,18 +306,29 @@ class SerReader(FrameSource):
         del date_local  # local time: redundant with DateTime_UTC
 
     def _check_size(self, size: int, *, strict: bool) -> tuple[int, int | None]:
-        """Return (frames to read, trailer offset or None) for a file of ``size`` bytes."""
+        """Return (frames to read, trailer offset or None) for a file of ``size`` bytes.
+
+        With ``strict`` false, a mismatch is described in ``self._salvaged``.
+        """
         p, n, fb = self._path, self._header_frames, self._frame_bytes
         data = size - HEADER_SIZE
         needed = n * fb
         trailer = n * TIMESTAMP_SIZE
+        complete = _count_complete(data, fb)
+        partial = data - complete * fb
+        rest = ""
+        if partial:
+            rest = f", and {partial} bytes of an incomplete frame after them are ignored"
         if data < needed:
-            complete = _count_complete(data, fb)
             if strict:
                 raise SourceError(
                     f"{p}: truncated: header says {n} frames but only {complete} complete "
                     f"frames fit in {size} bytes (frame size {fb} bytes)"
                 )
+            self._salvaged = (
+                f"header says {n} frames but the file holds {complete} complete frames "
+                f"(cut off); {complete} frames are read{rest}"
+            )
             return complete, None
         extra = data - needed
         if extra == 0:
@@ -306,21 +336,28 @@ class SerReader(FrameSource):
         if extra == trailer:
             return n, HEADER_SIZE + needed
         if n == 0 and not strict:
-            return _count_complete(data, fb), None
+            self._salvaged = (
+                f"header says 0 frames (a capture cut off before it wrote the count); the "
+                f"{complete} complete frames the file holds are read{rest}"
+            )
+            return complete, None
         if strict:
             raise SourceError(
                 f"{p}: file size disagrees with header: header says {n} frames of {fb} bytes, "
                 f"which leaves {extra} extra bytes; expected 0 or a {trailer}-byte timestamp "
                 f"trailer (a recording that was cut off? strict=False reads the complete frames)"
             )
+        self._salvaged = (
+            f"header says {n} frames and {n} frames are read; the {extra} bytes after them "
+            f"are not a {trailer}-byte timestamp trailer (an incomplete frame?) and are ignored"
+        )
         return n, None
 
     def _read_trailer(self) -> np.ndarray | None:
         if self._ts_offset is None or self._frames == 0:
             return None
-        ticks = self._copy_out(
-            self._ts_offset, self._frames * TIMESTAMP_SIZE, lambda b: b.view("<i8").astype(np.int64)
-        )
+        raw = self._read_bytes(self._ts_offset, self._frames * TIMESTAMP_SIZE, "the timestamps")
+        ticks = raw.view("<i8").astype(np.int64)
         if not np.all(ticks > 0):
             return None  # some writers leave the trailer zeroed
         return np.asarray(ticks_to_unix(ticks), dtype=np.float64)
@@ -333,9 +370,8 @@ class SerReader(FrameSource):
         rows = min(self._height, max(2, BYTE_ORDER_SAMPLE_BYTES // row_bytes))
         start_row = ((self._height - rows) // 2) & ~1  # even: keeps the Bayer phase
         offset = HEADER_SIZE + index * self._frame_bytes + start_row * row_bytes
-        return self._copy_out(
-            offset, rows * row_bytes, lambda b: b.reshape(rows, row_bytes // 2, 2).copy()
-        )
+        raw = self._read_bytes(offset, rows * row_bytes, f"frame {index}")
+        return raw.reshape(rows, row_bytes // 2, 2)
 
     def _detect_byte_order(self) -> tuple[bool, str]:
         """Return (little-endian?, rule that decided); see the module docstring."""
@@ -369,48 +405,123 @@ class SerReader(FrameSource):
 
     # -- frames -----------------------------------------------------------------------
 
-    def _copy_out(self, offset: int, length: int, copy: Callable[[np.ndarray], np.ndarray]):
-        """Return ``copy(bytes)`` of the file's bytes ``[offset, offset + length)``.
+    def _read_into(self, buf: memoryview, offset: int, what: str) -> None:
+        """Fill ``buf`` with the file's bytes from ``offset`` on.
 
-        ``copy`` gets the bytes as a uint8 array (a view on the mapping) and must return
-        an array that does not refer to them.
+        The file was checked to hold them when it was opened, so a read that ends early
+        means the file shrank since: that is a :class:`~live_stack.io.SourceError`.
         """
-        assert self._fd is not None
-        if self._map is None:
-            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
-            self._since_drop = 0
-        view = np.frombuffer(self._map, dtype=np.uint8, count=length, offset=offset)
+        fd = self._fd
+        assert fd is not None
+        total, done = len(buf), 0
+        while done < total:
+            try:
+                if _HAVE_PREADV:
+                    got = os.preadv(fd, [buf[done:]], offset + done)
+                else:
+                    with self._lock:
+                        os.lseek(fd, offset + done, os.SEEK_SET)
+                        chunk = os.read(fd, total - done)
+                        got = len(chunk)
+                        buf[done : done + got] = chunk
+            except OSError as exc:
+                why = exc.strerror or exc
+                raise SourceError(f"{self._path}: cannot read {what}: {why}") from exc
+            if got == 0:
+                raise SourceError(self._shrunk(what, offset + total))
+            done += got
+
+    def _shrunk(self, what: str, end: int) -> str:
         try:
-            return copy(view)
-        finally:
-            del view  # release the buffer, so that the mapping can be closed
-            self._since_drop += length
-            if self._since_drop >= DROP_BYTES:
-                self._map.madvise(mmap.MADV_DONTNEED)
-                self._since_drop = 0
+            now = f"{os.fstat(self._fd).st_size} bytes" if self._fd is not None else "?"
+        except OSError as exc:
+            now = f"unknown size ({exc.strerror})"
+        return (
+            f"{self._path}: the file shrank while it was read: {what} ends at byte {end}, "
+            f"the file had {self._size} bytes when it was opened and has {now} now "
+            f"(truncated or rewritten by another program?)"
+        )
+
+    def _read_bytes(self, offset: int, length: int, what: str) -> np.ndarray:
+        """The file's bytes ``[offset, offset + length)`` as a new uint8 array."""
+        out = np.empty(length, dtype=np.uint8)
+        self._read_into(memoryview(out), offset, what)
+        return out
 
     def _read(self, index: int) -> np.ndarray:
         shape = (self._height, self._width, 3) if self._planes == 3 else (self._height, self._width)
-
-        def convert(raw: np.ndarray) -> np.ndarray:
-            samples = raw.view(self._sample_dtype).reshape(shape)
-            out = np.empty(shape, dtype=self._info.dtype)
-            np.copyto(out, samples[..., ::-1] if self._bgr else samples)
-            return out
-
-        return self._copy_out(HEADER_SIZE + index * self._frame_bytes, self._frame_bytes, convert)
+        out = np.empty(shape, dtype=self._info.dtype)
+        offset = HEADER_SIZE + index * self._frame_bytes
+        self._read_into(memoryview(out.reshape(-1).view(np.uint8)), offset, f"frame {index}")
+        if self._swap:
+            out.byteswap(inplace=True)
+        if self._bgr:
+            out[...] = out[..., ::-1]  # numpy copies overlapping operands first
+        return out
 
     def timestamps(self) -> np.ndarray | None:
         """Trailer timestamps as float64 Unix seconds (a copy), or ``None`` if absent."""
         return None if self._timestamps is None else self._timestamps.copy()
 
     def _close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def repair_header(path: str | os.PathLike[str]) -> str:
+    """Make a crash-cut SER file valid for every reader: the header counts its frames.
+
+    The header's FrameCount is set to the number of complete frames the file holds and
+    the bytes of an incomplete frame after them (which no reader can use) are cut off.
+    A file that is valid already is not changed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.ser`` file, changed in place.
+
+    Returns
+    -------
+    str
+        One sentence saying what was changed (or that nothing needed to be).
+
+    Raises
+    ------
+    SourceError
+        If the file cannot be opened or written, or is not a SER file.
+    """
+    p = os.fspath(path)
+    with SerReader(p, strict=False) as src:
+        note = src.info.metadata.get("salvaged")
+        claimed = src.info.metadata["header_frames"]
+        frames = len(src)
+        frame_bytes = src._frame_bytes
+        end = HEADER_SIZE + frames * frame_bytes
+        size = src._size
+    if note is None:
+        return f"{p}: nothing to repair: the header's {claimed} frames match the file"
+    if size - end >= frame_bytes:
+        raise SourceError(
+            f"{p}: {size - end} bytes follow the {frames} frames the header counts, more than "
+            f"a frame: not cut off (nothing was changed)"
+        )
+    try:
+        fd = os.open(p, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise SourceError(f"{p}: cannot open for writing: {exc.strerror or exc}") from exc
+    try:
+        if os.fstat(fd).st_size != size:
+            raise SourceError(f"{p}: the file changed while it was checked; nothing was changed")
+        os.pwrite(fd, struct.pack("<i", frames), FRAME_COUNT_OFFSET)
+        if size > end:
+            os.ftruncate(fd, end)
+    except OSError as exc:
+        raise SourceError(f"{p}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    cut = f"; {size - end} bytes after the last complete frame were cut off" if size > end else ""
+    return f"{p}: header FrameCount {claimed} -> {frames}{cut}"
 
 
 class SerWriter:

@@ -16,8 +16,10 @@ from live_stack.io import SourceError, open_source
 from live_stack.io.ser import (
     FRAME_COUNT_OFFSET,
     HEADER_SIZE,
+    TIMESTAMP_SIZE,
     SerReader,
     SerWriter,
+    repair_header,
     ticks_to_unix,
     unix_to_ticks,
 )
@@ -261,6 +263,86 @@ def test_header_zero_frames_recovered_when_not_strict(good_ser):
         SerReader(good_ser)
     with SerReader(good_ser, strict=False) as src:
         assert len(src) == 4  # the trailer's 32 bytes are not a whole frame
+
+
+def test_salvage_says_what_the_header_claimed_and_what_was_read(good_ser):
+    with SerReader(good_ser) as src:
+        assert "salvaged" not in src.info.metadata
+    patch_int(good_ser, FRAME_COUNT_OFFSET, 0)
+    with SerReader(good_ser, strict=False) as src:
+        assert src.info.metadata["salvaged"] == (
+            "header says 0 frames (a capture cut off before it wrote the count); the 4 "
+            "complete frames the file holds are read, and 32 bytes of an incomplete frame "
+            "after them are ignored"
+        )
+    patch_int(good_ser, FRAME_COUNT_OFFSET, 9)
+    with SerReader(good_ser, strict=False) as src:
+        assert len(src) == 4
+        assert src.info.metadata["header_frames"] == 9
+        assert src.info.metadata["salvaged"].startswith(
+            "header says 9 frames but the file holds 4 complete frames (cut off); 4 frames "
+            "are read"
+        )
+
+
+@pytest.mark.parametrize("claimed", [0, 4, 9])
+def test_repair_header(good_ser, claimed):
+    frames = np.stack(list(SerReader(good_ser)))
+    with open(good_ser, "ab") as f:
+        f.write(bytes(100))  # part of a fifth frame, after the timestamp trailer
+    patch_int(good_ser, FRAME_COUNT_OFFSET, claimed)
+    note = repair_header(good_ser)
+    cut = 4 * TIMESTAMP_SIZE + 100
+    assert note == f"{good_ser}: header FrameCount {claimed} -> 4; {cut} bytes after the last " \
+        "complete frame were cut off"
+    assert good_ser.stat().st_size == HEADER_SIZE + frames.nbytes
+    with SerReader(good_ser) as src:  # strict: valid for every reader now
+        np.testing.assert_array_equal(np.stack(list(src)), frames)
+    assert repair_header(good_ser) == (
+        f"{good_ser}: nothing to repair: the header's 4 frames match the file"
+    )
+
+
+def test_repair_header_keeps_more_than_a_frame_of_unknown_bytes(good_ser):
+    with open(good_ser, "ab") as f:
+        f.write(bytes(H * W + 1))
+    before = good_ser.read_bytes()
+    with pytest.raises(SourceError, match=f"{H * W + 1 + 32} bytes follow the 4 frames"):
+        repair_header(good_ser)
+    assert good_ser.read_bytes() == before
+
+
+@pytest.mark.parametrize("layout", ["mono", "rgb"])
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_file_shrinking_while_read_is_an_error_not_a_signal(tmp_path, make_frames, layout,
+                                                           bit_depth):
+    frames = make_frames(4, H, W, layout=layout, bit_depth=bit_depth)
+    path = tmp_path / "shrinks.ser"
+    write_ser(path, frames, layout=layout, bit_depth=bit_depth)
+    with SerReader(path) as src:
+        np.testing.assert_array_equal(src[0], frames[0])
+        with open(path, "r+b") as f:
+            f.truncate(HEADER_SIZE + frames[0].nbytes + 10)
+        np.testing.assert_array_equal(src[0], frames[0])  # still whole in the file
+        with pytest.raises(SourceError) as err:
+            src[2]
+    end = HEADER_SIZE + 3 * frames[0].nbytes
+    assert str(err.value) == (
+        f"{path}: the file shrank while it was read: frame 2 ends at byte {end}, the file "
+        f"had {HEADER_SIZE + frames.nbytes} bytes when it was opened and has "
+        f"{HEADER_SIZE + frames[0].nbytes + 10} bytes now (truncated or rewritten by another "
+        f"program?)"
+    )
+
+
+def test_file_replaced_while_read_keeps_the_opened_one(tmp_path, make_frames):
+    frames = make_frames(3, H, W)
+    path = tmp_path / "replaced.ser"
+    write_ser(path, frames)
+    with SerReader(path) as src:
+        path.unlink()  # a capture program writing a new file of the same name
+        write_ser(path, frames[:1] // 2)
+        np.testing.assert_array_equal(np.stack(list(src)), frames)
 
 
 @pytest.mark.parametrize(
