@@ -32,11 +32,11 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import zmq
@@ -94,19 +94,62 @@ LOG_THROTTLE = 5.0
 DAEMON_SOURCE = "live-stack-daemon"
 
 
-class Stacker(Protocol):
-    """What the service needs from a stacker (``live_stack.live.LiveStacker``)."""
+class StackerResult(Protocol):
+    """What a stacker's ``add`` says about one frame (``live_stack.live.AddResult``)."""
 
     @property
-    def params(self) -> Any: ...
+    def admitted(self) -> bool: ...  # the frame is in the stack's buffer
 
-    def add(self, frame: np.ndarray, timestamp: float | None = None) -> Any: ...
+    @property
+    def reason(self) -> str | None: ...  # why not ("quality", "alignment", "warmup")
 
-    def snapshot(self) -> Any: ...
+    @property
+    def quality(self) -> float: ...  # the frame's global quality
+
+
+class StackerSnapshot(Protocol):
+    """A stacker's blended stack (``live_stack.live.Snapshot``)."""
+
+    @property
+    def image(self) -> np.ndarray: ...  # float32 [0, 1], (H, W) or (H, W, 3)
+
+    @property
+    def stats(self) -> dict[str, Any]: ...  # msgpack-able statistics
+
+    @property
+    def ap_centres(self) -> np.ndarray: ...  # (m, 2) AP centres (y, x) in image pixels
+
+    @property
+    def ap_size(self) -> int: ...  # AP box side in image pixels
+
+
+@runtime_checkable
+class Stacker(Protocol):
+    """What the service calls on a stacker (``live_stack.live.LiveStacker``); see
+    docs/contracts.md. Every method is called under the service's stacker lock, except
+    ``params``, which the status reads without it."""
+
+    @property
+    def params(self) -> Any: ...  # a frozen dataclass of the live parameters
+
+    def add(self, frame: np.ndarray, timestamp: float | None = None) -> StackerResult: ...
+
+    def add_batch(self, frames: Sequence[np.ndarray],
+                  timestamps: Sequence[float] | None = None) -> Sequence[StackerResult]: ...
+
+    def catch_up(self, budget: int) -> bool: ...  # deferred work while idle; more left?
+
+    def snapshot(self) -> StackerSnapshot | None: ...
 
     def reset(self) -> None: ...
 
-    def set_param(self, name: str, value: Any) -> None: ...
+    def set_param(self, name: str, value: Any) -> Any: ...  # ValueError naming it if bad
+
+    def close(self) -> None: ...  # end the stacker's worker threads
+
+
+#: The members of :class:`Stacker`, for the error that names the missing ones.
+_STACKER_MEMBERS = tuple(name for name in vars(Stacker) if not name.startswith("_"))
 
 
 class FramePreparation:
@@ -144,7 +187,7 @@ class _Taken:
 
     version: int  # the service's stack version when taken
     segment: int  # the stack number
-    snap: Any  # the stacker's Snapshot
+    snap: StackerSnapshot  # the stacker's snapshot
     counters: dict[str, Any]  # IngestStats.as_dict() at that moment
     seconds: float  # how long snapshot() took
 
@@ -232,6 +275,10 @@ class StackingService:
         on_stop_request: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        if not isinstance(stacker, Stacker):
+            missing = [name for name in _STACKER_MEMBERS if not hasattr(stacker, name)]
+            raise TypeError(f"the stacker ({type(stacker).__name__}) lacks what the service "
+                            f"calls: {', '.join(missing)} (see daemon.service.Stacker)")
         self._stacker = stacker
         self._prepare = FramePreparation(config.frames)
         self._own_ctx = context is None
@@ -435,9 +482,8 @@ class StackingService:
         if self._recorder is not None:
             self._recorder.close()
         stuck = [t.name for t in self._threads if t.is_alive()]
-        close = getattr(self._stacker, "close", None)  # the stacker's worker threads
-        if close is not None and "stacker" not in stuck and "snapshot" not in stuck:
-            close()
+        if "stacker" not in stuck and "snapshot" not in stuck:
+            self._stacker.close()  # the stacker's worker threads
         if stuck:
             log.warning("thread(s) %s still busy in the stacker at stop", ", ".join(stuck))
         s = self._stats.as_dict()
@@ -537,14 +583,11 @@ class StackingService:
 
     def _catch_up(self) -> bool:
         """Let the stacker do a little of its deferred work; whether more remains."""
-        catch_up = getattr(self._stacker, "catch_up", None)
-        if catch_up is None:
-            return False
         with self._stacker_lock:
             if self._paused:
                 return False
             try:
-                return bool(catch_up(CATCH_UP_PAIRS))
+                return bool(self._stacker.catch_up(CATCH_UP_PAIRS))
             except Exception:
                 log.exception("the stacker failed to catch up")
                 return False
@@ -582,26 +625,23 @@ class StackingService:
                 if result is None:
                     continue
                 self._stack_format = fmt
-                admitted = bool(getattr(result, "admitted", False))
-                self._stats.on_processed(
-                    item.header, admitted=admitted, reason=getattr(result, "reason", None),
-                    quality=float(getattr(result, "quality", float("nan"))),
-                )
+                admitted = bool(result.admitted)
+                self._stats.on_processed(item.header, admitted=admitted, reason=result.reason,
+                                         quality=float(result.quality))
                 if admitted:
                     self._version += 1
 
-    def _add(self, items: list[_Frame]) -> list[Any]:
+    def _add(self, items: list[_Frame]) -> list[StackerResult | None]:
         """Call the stacker; a frame it refuses is a counted drop (result None)."""
-        add_batch = getattr(self._stacker, "add_batch", None)
-        if len(items) > 1 and add_batch is not None:
+        if len(items) > 1:
             try:
-                return list(add_batch([i.array for i in items],
+                return list(self._stacker.add_batch([i.array for i in items],
                                       [float(i.header["time"]) for i in items]))
             except ValueError:
                 pass  # one of them is refused (none was taken): find which, one by one
             except Exception:
                 log.exception("the stacker's add_batch failed; adding the frames one by one")
-        results: list[Any] = []
+        results: list[StackerResult | None] = []
         for item in items:
             try:
                 t = float(item.header["time"])
@@ -846,7 +886,7 @@ class StackingService:
     def paused(self) -> bool:
         return self._paused
 
-    def snapshot(self) -> Any:
+    def snapshot(self) -> StackerSnapshot | None:
         """The stacker's current snapshot (or None)."""
         with self._stacker_lock:
             return self._stacker.snapshot()
@@ -893,7 +933,7 @@ class StackingService:
                         self.config.output.format)
         # the stacker's own count includes the frames it collected while warming up,
         # which are in the stack although their add() said "warmup"
-        stats = getattr(snap, "stats", None) or {}
+        stats = snap.stats
         admitted = int(stats.get("admitted", frames["admitted"]))
         metadata = {
             "software": "live-stack daemon",
@@ -925,7 +965,7 @@ class StackingService:
         s = self._stats.as_dict()
         snap = self._snap_stats
         # read without the stacker lock, so that a status never waits for a slow frame
-        params = plain(getattr(self._stacker, "params", {}))
+        params = plain(self._stacker.params)
         state = "paused" if self._paused else "running"
         segment, resets = self._segment, self._resets
         if self.stop_requested.is_set():

@@ -95,6 +95,22 @@ class SocketMechanicsStandIn:
         return StandInSnapshot((self.sum / self.n).astype(np.float32), stats,
                                np.array([[4, 4]]), 8)
 
+    def add_batch(self, frames: list[np.ndarray],
+                  timestamps: list[float] | None = None) -> list[StandInResult]:
+        """``add`` of each frame, after checking that all of them fit (as the real one)."""
+        shape = self.shape or (frames[0].shape if frames else None)
+        for i, frame in enumerate(frames):
+            if frame.shape != shape:
+                raise ValueError(f"frames[{i}] of shape {frame.shape}, the stack is {shape}")
+        stamps = timestamps if timestamps is not None else [None] * len(frames)
+        return [self.add(f, t) for f, t in zip(frames, stamps, strict=True)]
+
+    def catch_up(self, budget: int) -> bool:
+        return False  # it defers nothing
+
+    def close(self) -> None:
+        pass  # it has no threads
+
     def reset(self) -> None:
         self.shape, self.sum, self.n = None, None, 0
 

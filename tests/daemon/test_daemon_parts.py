@@ -346,3 +346,23 @@ def test_make_keys(tmp_path: Path) -> None:
     assert (more.authorized_clients / "laptop.key").is_file()
     with pytest.raises(ValueError, match="plain name"):
         make_keys(tmp_path / "k", client="../evil", server=False)
+
+
+def test_the_service_takes_only_a_whole_stacker(tmp_path: Path) -> None:
+    """The live stacker is a :class:`daemon.service.Stacker`; an object lacking some of
+    what the service calls is refused at once, naming what is missing."""
+    from daemon.service import Stacker, StackingService
+    from live_stack.live import LiveStacker
+
+    with LiveStacker() as stacker:
+        assert isinstance(stacker, Stacker)
+
+    class Partial:
+        params = None
+
+        def add(self, frame, timestamp=None):
+            return None
+
+    config = cfg.build_config({"output": {"directory": str(tmp_path / "out")}})
+    with pytest.raises(TypeError, match=r"add_batch, catch_up, snapshot, reset, set_param, close"):
+        StackingService(config, Partial())
