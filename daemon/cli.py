@@ -1,7 +1,7 @@
 """The daemon's sub-commands: ``daemon``, ``source``, ``ctl``, ``keys`` and ``demo``.
 
 Each ``*_main`` takes the arguments after the sub-command and returns the exit code;
-``live_stack/cli.py`` dispatches to them.
+``live_stack/cli.py`` dispatches to them (see :data:`COMMANDS`).
 """
 
 from __future__ import annotations
@@ -321,3 +321,15 @@ def demo_main(argv: Sequence[str]) -> int:
     from daemon.demo import main
 
     return main(argv)
+
+
+#: This package's sub-commands for ``live-stack`` (name -> ("module:function", help));
+#: pyproject.toml declares the table to ``live_stack.cli`` (entry-point group
+#: ``live_stack.commands``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "daemon": ("daemon.cli:daemon_main", "run the live stacking daemon"),
+    "source": ("daemon.cli:source_main", "push frames to a daemon (folder, replay, indi)"),
+    "ctl": ("daemon.cli:ctl_main", "send one control command to a daemon"),
+    "keys": ("daemon.cli:keys_main", "make CURVE key pairs for remote use"),
+    "demo": ("daemon.cli:demo_main", "simulate a capture and stack it live through a daemon"),
+}

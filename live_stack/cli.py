@@ -1,18 +1,25 @@
 """The ``live-stack`` command: one entry point, one sub-command per tool.
 
-The image-pipeline sub-commands live in :mod:`live_stack`; the service sub-commands live
-in the ``daemon`` and ``viewer`` packages and are imported only when invoked, so that
-importing :mod:`live_stack` never pulls in ZeroMQ or Qt.
+The image pipeline's own sub-commands are listed here. The other packages' sub-commands
+(the daemon's, the viewer's) are not named here: each package lists its own in a table
+``COMMANDS`` like the one below, and declares that table in ``pyproject.toml`` as an entry
+point of the group :data:`COMMAND_GROUP` (pyproject is the one place that knows every
+package). A table is loaded only when one of its commands is run or the usage is shown,
+so that importing :mod:`live_stack` never pulls in ZeroMQ or Qt, and a pipeline command
+never loads the other packages.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from live_stack.allocator import tune_allocator
 from live_stack.blas import limit_blas_threads
+
+#: Entry-point group of the other packages' command tables.
+COMMAND_GROUP = "live_stack.commands"
 
 #: sub-command -> ("module:function", one-line help). Each function takes argv (the
 #: arguments after the sub-command) and returns the process exit code.
@@ -21,19 +28,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("live_stack.simulate.cli:main", "render a simulated capture with a known truth"),
     "master-dark": ("live_stack.calibrate_cli:dark_main", "combine dark frames into a master dark"),
     "master-flat": ("live_stack.calibrate_cli:flat_main", "combine flat frames into a master flat"),
-    "daemon": ("daemon.cli:daemon_main", "run the live stacking daemon"),
-    "source": ("daemon.cli:source_main", "push frames to a daemon (folder, replay, indi)"),
-    "ctl": ("daemon.cli:ctl_main", "send one control command to a daemon"),
-    "keys": ("daemon.cli:keys_main", "make CURVE key pairs for remote use"),
-    "demo": ("daemon.cli:demo_main", "simulate a capture and stack it live through a daemon"),
-    "view": ("viewer.cli:main", "show a daemon's live stack and control it"),
 }
 
 
-def _usage() -> str:
+def all_commands() -> dict[str, tuple[str, str]]:
+    """This package's commands and those of every installed :data:`COMMAND_GROUP` table.
+
+    Raises
+    ------
+    ValueError
+        If two tables name the same command (naming it and the tables).
+    """
+    from importlib.metadata import entry_points  # only when another package's command runs
+
+    found = dict(COMMANDS)
+    owner = dict.fromkeys(COMMANDS, __name__)
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        table: Mapping[str, tuple[str, str]] = ep.load()
+        for name, entry in table.items():
+            if name in found:
+                raise ValueError(f"command {name!r} is offered by both {owner[name]} and "
+                                 f"{ep.value}")
+            found[name] = entry
+            owner[name] = ep.value
+    return found
+
+
+def _usage(commands: Mapping[str, tuple[str, str]]) -> str:
     lines = ["usage: live-stack COMMAND [ARGS...]", "", "commands:"]
-    width = max(len(name) for name in COMMANDS)
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    width = max(len(name) for name in commands)
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in commands.items()]
     lines += ["", "Run 'live-stack COMMAND --help' for the options of a command."]
     return "\n".join(lines)
 
@@ -42,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``live-stack COMMAND ...`` to the command's module."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage(all_commands()))
         return 0 if args else 2
     if args[0] == "--version":
         from live_stack import __version__
@@ -50,10 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"live-stack {__version__}")
         return 0
     name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"live-stack: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    commands = COMMANDS if name in COMMANDS else all_commands()
+    if name not in commands:
+        print(f"live-stack: unknown command {name!r}\n\n{_usage(commands)}", file=sys.stderr)
         return 2
-    target, _ = COMMANDS[name]
+    target, _ = commands[name]
     tune_allocator()
     limit_blas_threads()
     module_name, func_name = target.split(":")

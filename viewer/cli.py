@@ -329,3 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"live-stack view: {outcome['message']}",
               file=sys.stderr if outcome["code"] else sys.stdout)
     return int(outcome["code"])
+
+
+#: This package's sub-command for ``live-stack`` (see ``live_stack.cli``; pyproject.toml
+#: declares the table in the entry-point group ``live_stack.commands``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "view": ("viewer.cli:main", "show a daemon's live stack and control it"),
+}
