@@ -76,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     commands = COMMANDS if name in COMMANDS else all_commands()
     if name not in commands:
-        print(f"live-stack: unknown command {name!r}\n\n{_usage(commands)}", file=sys.stderr)
+        print(f"live-stack: unknown command {name!r} (another package's command is found "
+              f"through its entry point {COMMAND_GROUP!r}: after pyproject.toml changed, "
+              f"reinstall with scripts/setup.sh)\n\n{_usage(commands)}", file=sys.stderr)
         return 2
     target, _ = commands[name]
     tune_allocator()
