@@ -43,6 +43,7 @@ import zmq
 
 from daemon import protocol
 from daemon.config import DaemonConfig, Endpoints
+from daemon.diagnosis import Diagnosis, diagnose
 from daemon.fairlock import FairLock
 from daemon.framequeue import DropOldestQueue, QueueClosed
 from daemon.persist import (
@@ -318,6 +319,8 @@ class StackingService:
         self._stack_seq = 0
         self._stack_info: dict[str, Any] = {}
         self._rates = {"received_fps": 0.0, "processed_fps": 0.0}
+        self._diagnosis_lock = threading.Lock()
+        self._diagnosis: Diagnosis | None = None  # the latest one logged
         # saver state, guarded by _save_lock
         self._saved_version = -1
         self._last_save: dict[str, Any] = {"path": None, "time": None}
@@ -487,9 +490,11 @@ class StackingService:
         if stuck:
             log.warning("thread(s) %s still busy in the stacker at stop", ", ".join(stuck))
         s = self._stats.as_dict()
-        log.info("daemon stopped: %d frames received, %d processed, drops %s; stack %s",
+        why = self._diagnose(s)
+        log.info("daemon stopped: %d frames received, %d processed, drops %s; stack %s%s",
                  s["frames"]["received"], s["frames"]["processed"],
-                 {k: v for k, v in s["drops"].items() if v}, path)
+                 {k: v for k, v in s["drops"].items() if v}, path,
+                 f" ({why.text})" if why is not None and why.fault else "")
         self._teardown(later=bool(stuck))
         return path
 
@@ -960,6 +965,20 @@ class StackingService:
 
     # -- status --------------------------------------------------------------------------
 
+    def _diagnose(self, counters: dict[str, Any]) -> Diagnosis | None:
+        """Why frames do not reach the stack now (None: they do); logged when it changes."""
+        ep = self.endpoints or self.config.endpoints
+        found = diagnose(counters, has_stack=self._taken is not None, paused=self._paused,
+                         warmup=param_value(self._stacker.params, "warmup", None),
+                         ingest=ep.ingest)
+        with self._diagnosis_lock:
+            before, self._diagnosis = self._diagnosis, found
+        if found is not None and found.fault and (before is None or before.kind != found.kind):
+            log.warning("%s", found.text)
+        elif found is None and before is not None and before.fault:
+            log.info("frames reach the stack again")
+        return found
+
     def status(self) -> dict[str, Any]:
         """The ``status`` message (see docs/protocol.md)."""
         s = self._stats.as_dict()
@@ -997,4 +1016,6 @@ class StackingService:
             curve=self.config.curve.enabled,
             params=params,
         )
+        diagnosis = self._diagnose(s)
+        s["diagnosis"] = diagnosis.as_dict() if diagnosis is not None else None
         return s

@@ -60,7 +60,8 @@ class IngestStats:
         self.drops: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.rejected: Counter[str] = Counter()
         self.sources: dict[str, SourceStats] = {}
-        self._recent: deque[tuple[int, float, bool, str]] = deque(maxlen=recent)
+        # (index, quality, admitted, source, outcome: "admitted" or the rejection reason)
+        self._recent: deque[tuple[int, float, bool, str, str]] = deque(maxlen=recent)
         self._samples: deque[tuple[float, int, int]] = deque()
         self.newest_seq = -1  # seq of the newest frame given to the stacker
         self.newest_source = ""
@@ -106,7 +107,9 @@ class IngestStats:
             else:
                 self.rejected[reason or "rejected"] += 1
             q = float(quality) if quality == quality else -1.0  # NaN -> -1
-            self._recent.append((self.newest_index, q, bool(admitted), str(header["source"])))
+            outcome = "admitted" if admitted else reason or "rejected"
+            self._recent.append((self.newest_index, q, bool(admitted), str(header["source"]),
+                                 outcome))
             self.newest_seq = header["seq"]
             self.newest_source = str(header["source"])
             self.newest_time = float(header["time"])
@@ -156,6 +159,7 @@ class IngestStats:
                     "index": [r[0] for r in recent],
                     "quality": [r[1] for r in recent],
                     "admitted": [r[2] for r in recent],
+                    "outcomes": dict(Counter(r[4] for r in recent)),
                 },
                 "newest": {
                     "index": self.newest_index,
