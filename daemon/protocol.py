@@ -37,6 +37,9 @@ LAYOUTS = ("mono", "rgb", "RGGB", "GRBG", "GBRG", "BGGR")
 #: Keys every image header carries (others are allowed and passed through in "meta").
 IMAGE_KEYS = ("v", "kind", "seq", "time", "width", "height", "dtype", "layout")
 
+#: Smallest and largest width and height of a frame, in pixels.
+MIN_SIDE, MAX_SIDE = 8, 16384
+
 #: Largest frame accepted: 16384 x 16384 x 3 channels of uint16.
 MAX_PIXELS = 16384 * 16384 * 3
 
@@ -151,10 +154,15 @@ def check_header(header: dict[str, Any]) -> dict[str, Any]:
         )
     if header["layout"] not in LAYOUTS:
         raise ProtocolError(f"unknown layout {header['layout']!r}; expected one of {LAYOUTS}")
-    w, h = header["width"], header["height"]
-    if not (8 <= w <= 16384 and 8 <= h <= 16384):
-        raise ProtocolError(f"frame size {w}x{h} is out of range (8..16384)")
+    check_size(header["width"], header["height"])
     return header
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise :class:`ProtocolError` for a frame size the daemon does not take."""
+    lo, hi = MIN_SIDE, MAX_SIDE
+    if not (lo <= width <= hi and lo <= height <= hi):
+        raise ProtocolError(f"frame size {width}x{height} is out of range ({lo}..{hi})")
 
 
 def image_shape(header: dict[str, Any]) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ class SourceStats:
     height: int = 0
     dtype: str = ""
     layout: str = ""
+    skipped_files: int = 0  # files the source could not read or send (its meta says)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -89,6 +90,10 @@ class IngestStats:
             src.last_time = float(header["time"])
             src.width, src.height = header["width"], header["height"]
             src.dtype, src.layout = header["dtype"], header["layout"]
+            meta = header.get("meta")
+            skipped = meta.get("skipped_files") if isinstance(meta, dict) else None
+            if isinstance(skipped, int) and not isinstance(skipped, bool):
+                src.skipped_files = skipped
 
     def on_drop(self, reason: str, n: int = 1) -> None:
         """Count ``n`` frames dropped by the daemon for ``reason``."""

@@ -25,6 +25,7 @@ COMMAND_GROUP = "live_stack.commands"
 #: arguments after the sub-command) and returns the process exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "reprocess": ("live_stack.reprocess_cli:main", "stack saved SER/AVI videos and image folders"),
+    "repair": ("live_stack.repair_cli:main", "rewrite the header of crash-cut SER recordings"),
     "simulate": ("live_stack.simulate.cli:main", "render a simulated capture with a known truth"),
     "master-dark": ("live_stack.calibrate_cli:dark_main", "combine dark frames into a master dark"),
     "master-flat": ("live_stack.calibrate_cli:flat_main", "combine flat frames into a master flat"),

@@ -211,14 +211,19 @@ def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bo
     """Stack one input and write its images; return its summary.
 
     The frames are calibrated (``calibration``) and then debayered if the source is a
-    raw Bayer capture (``colour``) before the pipeline sees them.
+    raw Bayer capture (``colour``) before the pipeline sees them. A crash-cut SER file
+    is stacked from its complete frames, with a warning on stderr saying how many frames
+    its header claimed and how many were read.
     """
-    from live_stack.io import open_source
+    from live_stack.io import open_source, salvage_warning
     from live_stack.io.images import write_image
 
     colour = colour or ColourParams()
     t0 = time.perf_counter()
-    with open_source(path) as raw:
+    with open_source(path, salvage=True) as raw:
+        salvaged = salvage_warning(raw)
+        if salvaged is not None:
+            print(f"{PROG}: warning: {salvaged}", file=sys.stderr)
         src = debayer_source(calibrate_source(raw, calibration), colour)
         info = src.info
         bars = _Bars(not quiet and sys.stderr.isatty(), Path(path).name)
@@ -238,6 +243,8 @@ def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bo
         "calibration": calibration.describe() if calibration is not None else {},
         "summary": summary,
     }
+    if salvaged is not None:
+        meta_common["input_salvaged"] = raw.info.metadata["salvaged"]
     # a normalised stack has its brightness set already
     gain = 1.0 if params.normalize.enabled else depth_gain(info.dtype, info.bit_depth)
     for stack, out in zip(result.stacks, outputs, strict=True):

@@ -122,7 +122,6 @@ def test_config_sets_params_and_the_command_line_wins(video, tmp_path, capsys) -
 
 @pytest.mark.parametrize(("argv", "names"), [
     (["{missing}"], ["nothere.ser", "no such file"]),
-    (["{truncated}"], ["truncated.ser", "truncated"]),
     (["{video}", "-o", "{tmp}/out.jpg"], ["out.jpg", ".jpg"]),
     (["{unknown}"], ["notes.txt", ".txt"]),
     (["{video}", "--stack", "10x"], ["10x"]),
@@ -134,12 +133,10 @@ def test_config_sets_params_and_the_command_line_wins(video, tmp_path, capsys) -
     (["{tmp}/*.nomatch"], ["*.nomatch"]),
 ])
 def test_bad_input_exits_non_zero_with_one_line(video, tmp_path, capsys, argv, names) -> None:
-    trunc = tmp_path / "truncated.ser"
-    trunc.write_bytes(video.read_bytes()[: 178 + 5 * 320 * 240 + 100])
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "bad.toml").write_text("ap_sise = 3\n")
     (tmp_path / "broken.toml").write_text("[ap\nsize = \n")
-    subs = {"missing": str(tmp_path / "nothere.ser"), "truncated": str(trunc),
+    subs = {"missing": str(tmp_path / "nothere.ser"),
             "unknown": str(tmp_path / "notes.txt"), "video": str(video), "tmp": str(tmp_path),
             "badkey": str(tmp_path / "bad.toml"), "badtoml": str(tmp_path / "broken.toml")}
     code = main([a.format(**subs) for a in argv] + ["-q"])

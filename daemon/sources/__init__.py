@@ -105,8 +105,11 @@ class FramePusher:
         """Send one frame (waiting while the daemon's buffers are full).
 
         Returns False, without sending, if the ``stop`` event was set while waiting.
-        Raises ValueError for a frame the wire format cannot carry.
+        Raises ValueError for a frame the wire format cannot carry or the daemon would
+        drop as malformed (its size out of range), so that no source says it sent it.
         """
+        if frame.ndim >= 2:
+            protocol.check_size(int(frame.shape[1]), int(frame.shape[0]))
         parts = protocol.encode_image(frame, kind="frame", seq=self.seq,
                                       capture_time=capture_time, bayer=bayer,
                                       exposure=exposure, source=self.source, meta=meta)

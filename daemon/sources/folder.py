@@ -11,6 +11,12 @@ file that grows after it was sent has only its new frames sent; an image file th
 changes after it was sent is ignored. Files present when the source starts are sent
 too (in modification-time order) unless they are in the state file, or
 ``--skip-existing`` is given.
+
+A file that cannot be read (empty, corrupt) or whose frames the daemon would refuse is
+never fatal: it is skipped with a warning, counted (in the log and, through every later
+frame's ``meta["skipped_files"]``, in the daemon's status) and remembered in the state
+file with the reason, and read again when it changes. A crash-cut SER file is sent from
+its complete frames, with a warning saying what its header claimed.
 """
 
 from __future__ import annotations
@@ -113,7 +119,7 @@ class FolderState:
 
     def __init__(self, path: Path, directory: Path) -> None:
         self.path = path
-        self.files: dict[str, dict[str, int]] = {}
+        self.files: dict[str, dict[str, Any]] = {}
         if path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -128,7 +134,7 @@ class FolderState:
                 ) from None
         self._directory = str(directory)
 
-    def get(self, name: str) -> dict[str, int] | None:
+    def get(self, name: str) -> dict[str, Any] | None:
         return self.files.get(name)
 
     def mark(self, name: str, *, size: int, mtime_ns: int, frames: int) -> None:
@@ -270,7 +276,14 @@ class FolderWatcher:
 
 
 class FolderSender:
-    """Send the frames of settled files once, remembering them in a :class:`FolderState`."""
+    """Send the frames of settled files once, remembering them in a :class:`FolderState`.
+
+    A file that cannot be read (empty, corrupt, in a format or with a compression that
+    cannot be decoded) or whose frames the daemon would refuse (their size out of the
+    protocol's range) is skipped with a warning, counted in :attr:`files_skipped` (sent
+    to the daemon in every frame's ``meta["skipped_files"]``) and remembered with the
+    reason in the state file; it is read again only if it changes.
+    """
 
     def __init__(self, params: FolderParams, pusher: FramePusher, state: FolderState,
                  stop: threading.Event) -> None:
@@ -280,6 +293,7 @@ class FolderSender:
         self._stop = stop
         self.frames_sent = 0
         self.files_sent = 0
+        self.files_skipped = 0
 
     def name(self, path: Path) -> str:
         return path.relative_to(self.params.directory).as_posix()
@@ -293,19 +307,46 @@ class FolderSender:
             self._state.mark(name, size=st.st_size, mtime_ns=st.st_mtime_ns, frames=frames)
 
     def handle(self, path: Path, st: os.stat_result) -> None:
-        """Send what has not been sent yet of a settled file (errors are logged)."""
+        """Send what has not been sent yet of a settled file; never raises for the file."""
         name = self.name(path)
         entry = self._state.get(name)
+        unchanged = entry is not None and (entry["size"], entry["mtime_ns"]) == (
+            st.st_size, st.st_mtime_ns)
+        if entry is not None and "skipped" in entry:
+            if unchanged:
+                log.info("%s is skipped: %s (it is read again when it changes)", name,
+                         entry["skipped"])
+                return
+            entry = None if frame_kind(path) == "image" else entry  # changed: try again
         try:
             if frame_kind(path) == "image":
                 if entry is not None:
-                    log.info("%s changed after it was sent; not sending it again", name)
+                    if not unchanged:
+                        log.info("%s changed after it was sent; not sending it again", name)
                     return
                 self._send_image(path, name, st)
             else:
-                self._send_video(path, name, st, 0 if entry is None else entry["frames"])
-        except ValueError as exc:  # SourceError: unreadable, maybe still incomplete
-            log.warning("cannot read %s yet (%s); it is read again when it changes", name, exc)
+                start = 0 if entry is None else int(entry["frames"])
+                self._send_video(path, name, st, start, unchanged=unchanged)
+        except Exception as exc:  # any file may be broken: never fatal to the source
+            self._skip(name, st, exc)
+
+    def _skip(self, name: str, st: os.stat_result, exc: Exception) -> None:
+        """Count and remember a file that could not be read or sent."""
+        from live_stack.io import SourceError
+
+        reason = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+        self.files_skipped += 1
+        entry = self._state.get(name)
+        frames = 0 if entry is None else int(entry["frames"])
+        self._state.files[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                   "frames": frames, "skipped": reason}
+        self._state.save()
+        log.warning("skipped %s (%d files skipped so far): %s; it is read again when it "
+                    "changes", name, self.files_skipped, reason)
+
+    def _meta(self, name: str, **more: Any) -> dict[str, Any]:
+        return {"file": name, "skipped_files": self.files_skipped, **more}
 
     def _send_image(self, path: Path, name: str, st: os.stat_result) -> None:
         from live_stack.io.images import bayer_pattern, read_native
@@ -313,22 +354,25 @@ class FolderSender:
         frame, meta = read_native(path)
         bayer = bayer_pattern(meta) if frame.ndim == 2 else None
         if self._pusher.send(frame, capture_time=st.st_mtime, bayer=bayer,
-                             meta={"file": name}):
+                             meta=self._meta(name)):
             self._state.mark(name, size=st.st_size, mtime_ns=st.st_mtime_ns, frames=1)
             self.frames_sent += 1
             self.files_sent += 1
             log.info("sent %s", name)
 
-    def _send_video(self, path: Path, name: str, st: os.stat_result, start: int) -> None:
-        from live_stack.io import BAYER_PATTERNS, open_source
+    def _send_video(self, path: Path, name: str, st: os.stat_result, start: int, *,
+                    unchanged: bool) -> None:
+        from live_stack.io import BAYER_PATTERNS, open_source, salvage_warning
 
-        kwargs: dict[str, Any] = {"strict": False} if path.suffix.lower() == ".ser" else {}
-        with open_source(path, **kwargs) as src:
+        with open_source(path, salvage=True) as src:
             n = len(src)
             if n <= start:
-                if start:
+                if not unchanged:
                     log.info("%s changed but has no new frames (%d sent)", name, start)
                 return
+            salvaged = salvage_warning(src)
+            if salvaged is not None:
+                log.warning("%s", salvaged)
             ts = src.timestamps()
             bayer = src.info.layout if src.info.layout in BAYER_PATTERNS else None
             log.info("sending frames %d..%d of %s", start, n - 1, name)
@@ -341,7 +385,7 @@ class FolderSender:
                         if delay > 0 and self._stop.wait(delay):
                             break
                     capture = float(ts[i]) if ts is not None else time.time()
-                    meta = {"file": name, "frame": i, "bit_depth": src.info.bit_depth}
+                    meta = self._meta(name, frame=i, bit_depth=src.info.bit_depth)
                     if not self._pusher.send(src[i], capture_time=capture, bayer=bayer,
                                              meta=meta):
                         break
@@ -352,16 +396,16 @@ class FolderSender:
                                          frames=sent)
             finally:
                 self._state.mark(name, size=st.st_size, mtime_ns=st.st_mtime_ns, frames=sent)
+                if sent > start:
+                    log.info("sent %d frames of %s", sent - start, name)
         self.files_sent += 1
-        log.info("sent %d frames of %s", sent - start, name)
 
 
 def _count_frames(path: Path) -> int:
     from live_stack.io import open_source
 
-    kwargs: dict[str, Any] = {"strict": False} if path.suffix.lower() == ".ser" else {}
     try:
-        with open_source(path, **kwargs) as src:
+        with open_source(path, salvage=True) as src:
             return len(src)
     except ValueError:
         return 0
@@ -428,7 +472,8 @@ def main(argv: Sequence[str]) -> int:
     def work(stop: threading.Event) -> int:
         with FramePusher(args.to, source=source_id, curve=curve, stop=stop) as pusher:
             sender = watch_folder(params, pusher, stop, watcher_ready=watchers.append)
-        log.info("stopped: %d frames of %d files sent", sender.frames_sent, sender.files_sent)
+        log.info("stopped: %d frames of %d files sent, %d files skipped", sender.frames_sent,
+                 sender.files_sent, sender.files_skipped)
         return 0
 
     def wake() -> None:

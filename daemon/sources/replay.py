@@ -5,6 +5,12 @@ The frames of a SER file, a video or an image folder (anything
 timestamps) or at ``--fps``. Each frame is sent with the time it is sent as its capture
 time, as a camera would (``--original-times`` sends the file's timestamps instead); the
 file's own timestamp and frame number go in the header's ``meta``.
+
+A crash-cut SER file (header frame count 0, or more than the file holds) is played from
+its complete frames, with a warning saying how many frames the header claimed and how
+many are read. A file that cannot be read on the way (truncated or rewritten while it is
+played) ends the replay with an error naming the file and the frames sent until then,
+which reach the daemon; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -101,10 +107,13 @@ def replay(
     live_stack.io.SourceError
         If the file cannot be read.
     """
-    from live_stack.io import BAYER_PATTERNS, open_source
+    from live_stack.io import BAYER_PATTERNS, open_source, salvage_warning
 
     sent = 0
-    with open_source(params.video) as src:
+    with open_source(params.video, salvage=True) as src:
+        salvaged = salvage_warning(src)
+        if salvaged is not None:
+            log.warning("%s", salvaged)
         info = src.info
         n = len(src)
         if n == 0:
@@ -180,8 +189,21 @@ def main(argv: Sequence[str]) -> int:
     source_id = args.source_id or f"replay:{params.video.name}"
 
     def work(stop: threading.Event) -> int:
+        from live_stack.io import SourceError
+
+        sent = 0
+
+        def count(n: int) -> None:
+            nonlocal sent
+            sent = n
+
         with FramePusher(args.to, source=source_id, curve=curve, stop=stop) as pusher:
-            sent = replay(params, pusher, stop=stop)
+            try:  # inside the pusher, so that the frames sent still reach the daemon
+                replay(params, pusher, stop=stop, progress=count)
+            except SourceError as exc:
+                log.error("replay source: %s; %d frames were sent to %s before", exc, sent,
+                          args.to)
+                return 1
         log.info("sent %d frames to %s", sent, args.to)
         return 0
 

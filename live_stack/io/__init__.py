@@ -50,6 +50,7 @@ __all__ = [
     "SourceError",
     "SourceInfo",
     "open_source",
+    "salvage_warning",
     "VIDEO_SUFFIXES",
 ]
 
@@ -200,7 +201,9 @@ class FrameSource(abc.ABC):
         )
 
 
-def open_source(path: str | os.PathLike[str], **kwargs: Any) -> FrameSource:
+def open_source(
+    path: str | os.PathLike[str], *, salvage: bool = False, **kwargs: Any
+) -> FrameSource:
     """Open a SER file, a video file or a folder of images as a :class:`FrameSource`.
 
     Parameters
@@ -208,6 +211,11 @@ def open_source(path: str | os.PathLike[str], **kwargs: Any) -> FrameSource:
     path : str or os.PathLike
         A ``.ser`` file, a video file (``.avi``, ``.mp4``, ``.mov``, ``.mkv``) or a
         folder of image files.
+    salvage : bool
+        Read what a damaged capture still holds instead of refusing it: a crash-cut SER
+        file reads as its complete frames (``strict=False``), a folder leaves out the
+        image files it cannot read (``skip_unreadable=True``); :func:`salvage_warning`
+        then returns the sentence to show the user. Videos are not affected.
     **kwargs
         Passed to the reader: ``strict`` for SER
         (:class:`live_stack.io.ser.SerReader`), ``colour`` and ``cache_mb`` for video
@@ -227,6 +235,8 @@ def open_source(path: str | os.PathLike[str], **kwargs: Any) -> FrameSource:
     if os.path.isdir(p):
         from live_stack.io.folder import FolderSource
 
+        if salvage:
+            kwargs.setdefault("skip_unreadable", True)
         return FolderSource(p, **kwargs)
     if not os.path.exists(p):
         raise SourceError(f"{p}: no such file or folder")
@@ -234,6 +244,8 @@ def open_source(path: str | os.PathLike[str], **kwargs: Any) -> FrameSource:
     if suffix == SER_SUFFIX:
         from live_stack.io.ser import SerReader
 
+        if salvage:
+            kwargs.setdefault("strict", False)
         return SerReader(p, **kwargs)
     if suffix in VIDEO_SUFFIXES:
         from live_stack.io.video import VideoSource
@@ -242,3 +254,19 @@ def open_source(path: str | os.PathLike[str], **kwargs: Any) -> FrameSource:
     known = ", ".join((SER_SUFFIX,) + VIDEO_SUFFIXES)
     what = suffix or "(no suffix)"
     raise SourceError(f"{p}: unknown file type {what!r}; expected {known} or a folder of images")
+
+
+def salvage_warning(source: FrameSource) -> str | None:
+    """What a source opened with ``salvage=True`` recovered, as a warning; None if intact.
+
+    For a SER file the sentence names the file, says how many frames its header claimed
+    and how many are read, and that the file is left as it is (``live-stack repair``
+    mends its header); for a folder, which files are left out and why.
+    """
+    note = source.info.metadata.get("salvaged")
+    if note is None:
+        return None
+    path = source.info.path
+    if source.info.metadata.get("format") == "SER":
+        return f"{path}: {note}; the file is left as it is (live-stack repair {path} mends it)"
+    return f"{path}: {note}"

@@ -221,18 +221,24 @@ class FolderSource(FrameSource):
         applied to the first file) are returned as mono, and a mono FITS with a
         ``BAYERPAT`` card reports that Bayer pattern. ``"mono"`` converts colour to
         luminance; ``"rgb"`` repeats grey into three channels.
+    skip_unreadable : bool
+        Leave out the files whose header cannot be read (empty, corrupt, not an image)
+        instead of refusing the folder; ``info.metadata["salvaged"]`` then names them
+        and why. The folder is refused if no file can be read.
 
     Raises
     ------
     SourceError
         If the folder does not exist or holds no image files, a file cannot be read
-        (naming it), or a file differs from the first in size, channels or sample type
-        (naming it and both values).
+        (naming it; unless ``skip_unreadable``), or a file differs from the first in
+        size, channels or sample type (naming it and both values).
     ValueError
         If ``colour`` is invalid.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, colour: str = "auto") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, colour: str = "auto", skip_unreadable: bool = False
+    ) -> None:
         if colour not in COLOUR_MODES:
             raise ValueError(f"colour must be one of {COLOUR_MODES}, got {colour!r}")
         self._path = os.fspath(path)
@@ -244,9 +250,11 @@ class FolderSource(FrameSource):
                 f"{self._path}: no image files in this folder "
                 f"(looked for {', '.join(READ_SUFFIXES)})"
             )
-        first = _probe(self._files[0])
-        for name in self._files[1:]:
-            self._check_same(name, _probe(name), first, self._files[0])
+        probes, skipped = self._probe_all(skip_unreadable=skip_unreadable)
+        self._files = [name for name, _ in probes]
+        first = probes[0][1]
+        for name, probe in probes[1:]:
+            self._check_same(name, probe, first, self._files[0])
         self._probe = first
         self._to_mono = colour == "mono" and first.channels == 3
         self._to_rgb = colour == "rgb" and first.channels == 1
@@ -266,7 +274,32 @@ class FolderSource(FrameSource):
             dtype=first.dtype,
             layout=layout,
             has_timestamps=False,
-            metadata={"format": "folder", "suffixes": suffixes},
+            metadata={"format": "folder", "suffixes": suffixes}
+            | ({"salvaged": self._skipped_note(skipped)} if skipped else {}),
+        )
+
+    def _probe_all(self, *, skip_unreadable: bool) -> tuple[list[tuple[str, _Probe]], list[str]]:
+        """(file, probe) of every readable file, and the errors of the files left out."""
+        probes, skipped = [], []
+        for name in self._files:
+            try:
+                probes.append((name, _probe(name)))
+            except SourceError as exc:
+                if not skip_unreadable:
+                    raise
+                skipped.append(str(exc))
+        if not probes:
+            raise SourceError(
+                f"{self._path}: none of the {len(skipped)} image files can be read "
+                f"({skipped[0]})"
+            )
+        return probes, skipped
+
+    def _skipped_note(self, skipped: list[str]) -> str:
+        total = len(self._files) + len(skipped)
+        return (
+            f"{len(skipped)} of {total} image files cannot be read and are left out "
+            f"({'; '.join(skipped)})"
         )
 
     @staticmethod

@@ -306,7 +306,12 @@ def _decode_cv2(path: str) -> tuple[np.ndarray, dict[str, Any]]:
 
     with open(path, "rb") as f:
         data = f.read()
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if not data:
+        raise SourceError(f"{path}: the file is empty (0 bytes)")
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise SourceError(f"{path}: OpenCV cannot decode this image: {exc}") from None
     if arr is None:
         raise SourceError(f"{path}: OpenCV cannot decode this image (corrupt or not an image)")
     if arr.ndim == 3:

@@ -335,6 +335,13 @@ class SerReader(FrameSource):
             return n, None
         if extra == trailer:
             return n, HEADER_SIZE + needed
+        with_trailer = data // (fb + TIMESTAMP_SIZE)
+        if n == 0 and not strict and with_trailer and data == with_trailer * (fb + TIMESTAMP_SIZE):
+            self._salvaged = (
+                f"header says 0 frames (a capture cut off before it wrote the count); the "
+                f"{with_trailer} complete frames the file holds and their timestamps are read"
+            )
+            return with_trailer, HEADER_SIZE + with_trailer * fb
         if n == 0 and not strict:
             self._salvaged = (
                 f"header says 0 frames (a capture cut off before it wrote the count); the "
@@ -473,8 +480,9 @@ def repair_header(path: str | os.PathLike[str]) -> str:
     """Make a crash-cut SER file valid for every reader: the header counts its frames.
 
     The header's FrameCount is set to the number of complete frames the file holds and
-    the bytes of an incomplete frame after them (which no reader can use) are cut off.
-    A file that is valid already is not changed.
+    the bytes of an incomplete frame after them (which no reader can use) are cut off;
+    a timestamp trailer after the frames is kept. A file that is valid already is not
+    changed.
 
     Parameters
     ----------
@@ -498,6 +506,8 @@ def repair_header(path: str | os.PathLike[str]) -> str:
         frames = len(src)
         frame_bytes = src._frame_bytes
         end = HEADER_SIZE + frames * frame_bytes
+        if src._ts_offset is not None:
+            end += frames * TIMESTAMP_SIZE
         size = src._size
     if note is None:
         return f"{p}: nothing to repair: the header's {claimed} frames match the file"

@@ -204,3 +204,38 @@ def test_corrupt_pixels_named_when_read(tmp_path, make_frames):
 def test_not_a_folder(tmp_path):
     with pytest.raises(SourceError, match="not a folder"):
         FolderSource(tmp_path / "nothing")
+
+
+def test_unreadable_files_left_out_when_salvaging(tmp_path, make_frames):
+    folder = tmp_path / "salvage"
+    frames = make_frames(3, H, W)
+    make_folder(folder, frames, ["a1.png", "a2.png", "a4.png"])
+    (folder / "a3.png").write_bytes(b"")  # a camera driver's empty file
+    (folder / "a5.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(SourceError, match="a3.png: not a PNG file"):
+        open_source(folder)
+    with open_source(folder, salvage=True) as src:
+        assert len(src) == 3
+        np.testing.assert_array_equal(np.stack(list(src)), frames)
+        note = src.info.metadata["salvaged"]
+    assert note.startswith(f"2 of 5 image files cannot be read and are left out "
+                           f"({folder / 'a3.png'}: not a PNG file")
+    assert f"{folder / 'a5.tif'}: cannot read TIFF" in note
+
+
+def test_no_readable_file_refused_even_when_salvaging(tmp_path):
+    folder = tmp_path / "none"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"none of the 1 image files can be read \("):
+        FolderSource(folder, skip_unreadable=True)
+
+
+def test_folder_of_lzw_tiffs(tmp_path, make_frames):
+    folder = tmp_path / "lzw"
+    folder.mkdir()
+    frames = make_frames(3, H, W, bit_depth=16)
+    for k, f in enumerate(frames):
+        assert cv2.imwrite(str(folder / f"f{k}.tif"), f)  # OpenCV's default: LZW
+    with open_source(folder) as src:
+        np.testing.assert_array_equal(np.stack(list(src)), frames)

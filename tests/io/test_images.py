@@ -239,3 +239,42 @@ def test_png_bad_text_chunk(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(SourceError, match="tEXt chunk at byte .* has a bad CRC"):
         read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".fits"])
+def test_empty_file_is_a_source_error_naming_it(tmp_path, suffix):
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(SourceError) as err:
+        read_native(path)
+    assert str(path) in str(err.value)
+    if suffix in (".png", ".jpg"):
+        assert str(err.value) == f"{path}: the file is empty (0 bytes)"
+
+
+@pytest.mark.parametrize("compression", ["lzw", "deflate", "packbits"])
+@pytest.mark.parametrize(("shape", "dtype"), [((H, W), np.uint8), ((H, W), np.uint16),
+                                              ((H, W, 3), np.uint16)])
+def test_compressed_tiff(tmp_path, compression, shape, dtype):
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    image = (rng.random(shape) * top).astype(dtype)
+    image[: H // 2] = image[0, 0]  # runs, so that every codec actually shrinks something
+    path = tmp_path / f"c_{compression}.tif"
+    tifffile.imwrite(path, image, compression=compression,
+                     photometric="rgb" if image.ndim == 3 else "minisblack")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages.first.compression.name.lower().startswith(compression[:4])
+    arr, _ = read_native(path)
+    np.testing.assert_array_equal(arr, image)
+
+
+def test_opencv_lzw_tiff(tmp_path):
+    """OpenCV writes LZW TIFF by default: the most common compressed TIFF there is."""
+    image = (np.arange(H * W * 3).reshape(H, W, 3) % 251).astype(np.uint8)
+    path = tmp_path / "cv.tif"
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages.first.compression == tifffile.COMPRESSION.LZW
+    arr, _ = read_native(path)
+    np.testing.assert_array_equal(arr, image)

@@ -16,7 +16,6 @@ from live_stack.io import SourceError, open_source
 from live_stack.io.ser import (
     FRAME_COUNT_OFFSET,
     HEADER_SIZE,
-    TIMESTAMP_SIZE,
     SerReader,
     SerWriter,
     repair_header,
@@ -262,7 +261,7 @@ def test_header_zero_frames_recovered_when_not_strict(good_ser):
     with pytest.raises(SourceError, match="header says 0 frames"):
         SerReader(good_ser)
     with SerReader(good_ser, strict=False) as src:
-        assert len(src) == 4  # the trailer's 32 bytes are not a whole frame
+        assert len(src) == 4  # the trailer's 32 bytes are taken as the 4 frames' timestamps
 
 
 def test_salvage_says_what_the_header_claimed_and_what_was_read(good_ser):
@@ -272,35 +271,61 @@ def test_salvage_says_what_the_header_claimed_and_what_was_read(good_ser):
     with SerReader(good_ser, strict=False) as src:
         assert src.info.metadata["salvaged"] == (
             "header says 0 frames (a capture cut off before it wrote the count); the 4 "
-            "complete frames the file holds are read, and 32 bytes of an incomplete frame "
+            "complete frames the file holds and their timestamps are read"
+        )
+        np.testing.assert_allclose(src.timestamps(), [T0 + k for k in range(4)])
+    with open(good_ser, "ab") as f:
+        f.write(bytes(5))
+    with SerReader(good_ser, strict=False) as src:
+        assert len(src) == 4
+        assert src.timestamps() is None
+        assert src.info.metadata["salvaged"] == (
+            "header says 0 frames (a capture cut off before it wrote the count); the 4 "
+            "complete frames the file holds are read, and 37 bytes of an incomplete frame "
             "after them are ignored"
         )
     patch_int(good_ser, FRAME_COUNT_OFFSET, 9)
     with SerReader(good_ser, strict=False) as src:
         assert len(src) == 4
         assert src.info.metadata["header_frames"] == 9
-        assert src.info.metadata["salvaged"].startswith(
+        assert src.info.metadata["salvaged"] == (
             "header says 9 frames but the file holds 4 complete frames (cut off); 4 frames "
-            "are read"
+            "are read, and 37 bytes of an incomplete frame after them are ignored"
         )
 
 
-@pytest.mark.parametrize("claimed", [0, 4, 9])
-def test_repair_header(good_ser, claimed):
-    frames = np.stack(list(SerReader(good_ser)))
-    with open(good_ser, "ab") as f:
-        f.write(bytes(100))  # part of a fifth frame, after the timestamp trailer
-    patch_int(good_ser, FRAME_COUNT_OFFSET, claimed)
-    note = repair_header(good_ser)
-    cut = 4 * TIMESTAMP_SIZE + 100
-    assert note == f"{good_ser}: header FrameCount {claimed} -> 4; {cut} bytes after the last " \
-        "complete frame were cut off"
-    assert good_ser.stat().st_size == HEADER_SIZE + frames.nbytes
-    with SerReader(good_ser) as src:  # strict: valid for every reader now
-        np.testing.assert_array_equal(np.stack(list(src)), frames)
-    assert repair_header(good_ser) == (
-        f"{good_ser}: nothing to repair: the header's 4 frames match the file"
+@pytest.fixture
+def cut_ser(tmp_path, make_frames):
+    """A recording cut off in its fifth frame (no trailer: it is written at the end)."""
+    frames = make_frames(5, H, W)
+    path = tmp_path / "cut.ser"
+    write_ser(path, frames)
+    with open(path, "r+b") as f:
+        f.truncate(HEADER_SIZE + 4 * H * W + 100)
+    return path, frames[:4]
+
+
+@pytest.mark.parametrize("claimed", [0, 4, 5, 9])
+def test_repair_header(cut_ser, claimed):
+    path, frames = cut_ser
+    patch_int(path, FRAME_COUNT_OFFSET, claimed)
+    assert repair_header(path) == (
+        f"{path}: header FrameCount {claimed} -> 4; 100 bytes after the last complete frame "
+        "were cut off"
     )
+    assert path.stat().st_size == HEADER_SIZE + frames.nbytes
+    with SerReader(path) as src:  # strict: valid for every reader now
+        np.testing.assert_array_equal(np.stack(list(src)), frames)
+    assert repair_header(path) == f"{path}: nothing to repair: the header's 4 frames match the file"
+
+
+def test_repair_header_keeps_the_timestamps(good_ser):
+    patch_int(good_ser, FRAME_COUNT_OFFSET, 0)
+    size = good_ser.stat().st_size
+    assert repair_header(good_ser) == f"{good_ser}: header FrameCount 0 -> 4"
+    assert good_ser.stat().st_size == size
+    with SerReader(good_ser) as src:
+        np.testing.assert_allclose(src.timestamps(), [T0 + k for k in range(4)])
 
 
 def test_repair_header_keeps_more_than_a_frame_of_unknown_bytes(good_ser):
