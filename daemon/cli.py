@@ -243,9 +243,12 @@ def ctl_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="live-stack ctl",
-        description="Send one control command to a live-stack daemon and print the reply as "
-        "JSON. Exit code 0: ok; 1: the daemon answered with an error; 3: no answer.",
+        description="Send one control command to a live-stack daemon and print the reply "
+        "(status: a readable summary; --json: the reply as JSON, for scripts). "
+        "Exit code 0: ok; 1: the daemon answered with an error; 3: no answer.",
     )
+    p.add_argument("--json", action="store_true",
+                   help="print the whole reply as JSON (the status map: see docs/protocol.md)")
     p.add_argument("--control", metavar="ENDPOINT", default=DEFAULT_CONTROL,
                    help=f"the daemon's control endpoint (default {DEFAULT_CONTROL})")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
@@ -260,6 +263,7 @@ def ctl_main(argv: Sequence[str]) -> int:
     """``live-stack ctl [--control ENDPOINT] COMMAND [ARGS]``."""
     from daemon.client import NoAnswer, control_request
     from daemon.security import client_curve_from_args
+    from daemon.summary import reply_text, status_text
 
     args = ctl_parser().parse_args(list(argv))
     fields: dict[str, Any] = {}
@@ -277,11 +281,33 @@ def ctl_main(argv: Sequence[str]) -> int:
         return _error("ctl", exc, EXIT_NO_ANSWER)
     except ValueError as exc:
         return _error("ctl", exc)
-    print(json.dumps(reply, indent=2, sort_keys=True))
     if not reply["ok"]:
+        if args.json:
+            _print(json.dumps(reply, indent=2, sort_keys=True))
         print(f"live-stack ctl: the daemon answered: {reply['error']}", file=sys.stderr)
         return EXIT_FAILED
+    if args.json:
+        _print(json.dumps(reply, indent=2, sort_keys=True))
+    elif args.command == "status":
+        _print(status_text(reply["result"]))
+    else:
+        _print(reply_text(args.command, reply["result"]))
     return EXIT_OK
+
+
+def _print(text: str) -> None:
+    """Write ``text`` to stdout; a reader that went away (``ctl status | head``) is fine.
+
+    After a broken pipe stdout is pointed at /dev/null, so that Python's own flush at
+    exit does not fail on it again (which would print a traceback).
+    """
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 # -- keys ------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ STATUS_GRACE_S = 3.0
 #: Milliseconds given to the layout to settle before the window is grabbed.
 SETTLE_MS = 300
 
-#: Port of the control socket assumed when only the publisher's endpoint is given.
+#: Port of the control socket assumed when only the publisher's endpoint is given, until
+#: the daemon's first status announces its control endpoint.
 DEFAULT_CONTROL_PORT = 5557
 
 
@@ -110,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--control", metavar="ENDPOINT",
-        help=f"the daemon's control socket (default: port {DEFAULT_CONTROL_PORT} on the "
-        "publisher's host)",
+        help="the daemon's control socket (default: the one the daemon announces in its "
+        f"status, on the publisher's host; port {DEFAULT_CONTROL_PORT} until it does)",
     )
     p.add_argument(
         "--keys", metavar="DIR", type=Path,
@@ -290,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         link_params = LinkParams(
             publish_endpoint=args.endpoint,
             control_endpoint=args.control or control_endpoint_for(args.endpoint),
+            follow_announced_control=args.control is None,
             server_key=server_key,
             client_key=client_key,
             control_timeout_s=args.control_timeout,

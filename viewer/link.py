@@ -73,6 +73,9 @@ class LinkParams:
     # Largest number of whole messages the subscriber buffers; the network thread drains
     # it continuously, so this only bounds memory (a 4k stack is 16 MiB) under a flood.
     receive_hwm: int = 8
+    # True: control_endpoint is a first guess, replaced by the control endpoint the
+    # daemon announces in its status (endpoints.control), on the publisher's host.
+    follow_announced_control: bool = False
 
     def __post_init__(self) -> None:
         for name in ("publish_endpoint", "control_endpoint"):
@@ -91,6 +94,9 @@ class LinkParams:
             raise ValueError(f"control_timeout_s must be > 0, got {self.control_timeout_s!r}")
         if not isinstance(self.receive_hwm, int) or self.receive_hwm < 1:
             raise ValueError(f"receive_hwm must be an integer >= 1, got {self.receive_hwm!r}")
+        if not isinstance(self.follow_announced_control, bool):
+            raise ValueError("follow_announced_control must be a bool, "
+                             f"got {self.follow_announced_control!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +189,21 @@ class Inbox:
     last_error: str = ""
 
 
+def reachable_control(publish_endpoint: str, announced: str) -> str:
+    """Where to reach the control socket a daemon announces, seen from this viewer.
+
+    A TCP endpoint is reached on the host the viewer reaches the publisher on (the
+    daemon announces what it bound, e.g. ``tcp://0.0.0.0:6001`` or its loopback
+    address, which may not be how this machine reaches it), at the announced port;
+    other transports (``ipc://``) are taken as announced.
+    """
+    if not (announced.startswith("tcp://") and publish_endpoint.startswith("tcp://")):
+        return announced
+    port = announced.rsplit(":", 1)[-1]
+    host = publish_endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    return f"tcp://{host}:{port}"
+
+
 def describe_request(request: Mapping[str, Any]) -> str:
     """A short human-readable form of a control request, e.g. ``set ap_size=64``."""
     cmd = str(request.get("cmd", "?"))
@@ -271,6 +292,8 @@ class DaemonLink:
         self._context: zmq.Context | None = None
         self._pipe: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
+        #: the control endpoint in use (changes once if the daemon announces another)
+        self.control_endpoint = params.control_endpoint
 
     # --- GUI-thread side -------------------------------------------------------------
 
@@ -303,7 +326,7 @@ class DaemonLink:
             self._context = None
             raise ValueError(
                 f"cannot connect to {self.params.publish_endpoint} / "
-                f"{self.params.control_endpoint}: {exc}"
+                f"{self.control_endpoint}: {exc}"
             ) from None
         self._pipe = pipe
         self._thread = threading.Thread(
@@ -328,7 +351,7 @@ class DaemonLink:
         except zmq.Again:
             raise ValueError(
                 f"too many control requests waiting (the daemon at "
-                f"{self.params.control_endpoint} is slow to answer); try again later"
+                f"{self.control_endpoint} is slow to answer); try again later"
             ) from None
 
     def take(self) -> Inbox:
@@ -369,7 +392,7 @@ class DaemonLink:
         req.linger = 0
         if self._keys is not None:
             self._keys.apply(req)
-        req.connect(self.params.control_endpoint)
+        req.connect(self.control_endpoint)
 
     def _run(self, pipe: zmq.Socket, sub: zmq.Socket, req: zmq.Socket) -> None:
         try:
@@ -386,6 +409,7 @@ class DaemonLink:
         queued: deque[dict[str, Any]] = deque()
         pending: dict[str, Any] | None = None
         deadline = 0.0
+        connected = self.control_endpoint  # where req is connected
         try:
             while True:
                 timeout = None
@@ -398,13 +422,25 @@ class DaemonLink:
                         return
                     queued.append(protocol.unpack(parts[1], what="queued request"))
                 if sub in events:
-                    self._drain(sub)
+                    announced = self._drain(sub)
+                    if announced and self.params.follow_announced_control:
+                        wanted = reachable_control(self.params.publish_endpoint, announced)
+                        if wanted != self.control_endpoint:
+                            log.info("the daemon's control socket is %s", wanted)
+                            self.control_endpoint = wanted
+                if self.control_endpoint != connected and pending is None:
+                    poller.unregister(req)
+                    req.close()
+                    req = self._context.socket(zmq.REQ)
+                    self._setup_req(req)
+                    poller.register(req, zmq.POLLIN)
+                    connected = self.control_endpoint
                 if pending is not None and req in events:
                     self._deliver_reply(parse_reply(req.recv(), pending))
                     pending = None
                 elif pending is not None and time.monotonic() >= deadline:
                     error = (
-                        f"no answer from {self.params.control_endpoint} within "
+                        f"no answer from {self.control_endpoint} within "
                         f"{self.params.control_timeout_s:g} s"
                     )
                     self._deliver_reply(Reply(pending, False, None, error))
@@ -423,7 +459,7 @@ class DaemonLink:
                         req.send(protocol.pack(request), zmq.NOBLOCK)
                     except zmq.Again:
                         error = (
-                            f"not connected to {self.params.control_endpoint} (no daemon "
+                            f"not connected to {self.control_endpoint} (no daemon "
                             "there, or it refused this client's keys)"
                         )
                         self._deliver_reply(Reply(request, False, None, error))
@@ -435,7 +471,9 @@ class DaemonLink:
             sub.close()
             pipe.close()
 
-    def _drain(self, sub: zmq.Socket) -> None:
+    def _drain(self, sub: zmq.Socket) -> str:
+        """Take what the subscriber holds into the inbox; return the control endpoint
+        the newest status announces ("" if none did)."""
         stack: StackMessage | None = None
         skipped = 0
         statuses: list[dict[str, Any]] = []
@@ -468,8 +506,13 @@ class DaemonLink:
             except protocol.ProtocolError as exc:
                 bad += 1
                 last_error = f"{topic[:32].decode(errors='replace')}: {exc}"
+        announced = ""
+        for st in statuses:
+            endpoints = st.get("endpoints") if isinstance(st, dict) else None
+            if isinstance(endpoints, dict) and isinstance(endpoints.get("control"), str):
+                announced = endpoints["control"]
         if stack is None and not statuses and not bad:
-            return
+            return announced
         with self._lock:
             inbox = self._inbox
             if stack is not None:
@@ -486,6 +529,7 @@ class DaemonLink:
             self._woken = True
         if wake:
             self.arrived.emit()
+        return announced
 
     def _deliver_reply(self, reply: Reply) -> None:
         with self._lock:

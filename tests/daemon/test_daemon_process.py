@@ -146,7 +146,7 @@ def test_sigkill_then_restart_leaves_readable_stack_and_recording(
 
 
 def _ctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "live_stack.cli", "ctl", *args],
+    return subprocess.run([sys.executable, "-m", "live_stack.cli", "ctl", "--json", *args],
                           capture_output=True, text=True, timeout=60)
 
 

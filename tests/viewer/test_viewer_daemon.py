@@ -267,3 +267,31 @@ def test_curve_keys_give_access_and_strangers_get_nothing(qtbot, tmp_path, captu
         assert daemon.service.status()["resets"] == 1  # only the authorised reset
     finally:
         daemon.stop()
+
+
+def test_the_control_endpoint_the_daemon_announces_is_used(qtbot, daemon, open_window):
+    """Without --control the viewer guesses port 5557; the daemon's status corrects it."""
+    from viewer.cli import control_endpoint_for
+
+    assert daemon.endpoints is not None
+    guess = control_endpoint_for(daemon.endpoints.publish)
+    assert guess != daemon.endpoints.control  # the daemon's control port is a random one
+    params = dataclasses.replace(daemon.link_params, control_endpoint=guess,
+                                 follow_announced_control=True)
+    window = open_window(params)
+    qtbot.waitUntil(lambda: window.link.control_endpoint == daemon.endpoints.control,
+                    timeout=WAIT_MS)
+    window.control_panel.pause_button.click()
+    qtbot.waitUntil(lambda: label(window, "state").startswith("paused"), timeout=WAIT_MS)
+    assert last_reply(window) == "pause: ok: state=paused"
+
+
+def test_reachable_control_uses_the_publishers_host():
+    from viewer.link import reachable_control
+
+    assert reachable_control("tcp://scope.local:5556", "tcp://0.0.0.0:6001") == \
+        "tcp://scope.local:6001"
+    assert reachable_control("tcp://10.0.0.5:5556", "tcp://127.0.0.1:6001") == \
+        "tcp://10.0.0.5:6001"
+    assert reachable_control("tcp://[::1]:5556", "tcp://[::]:6001") == "tcp://[::1]:6001"
+    assert reachable_control("tcp://h:1", "ipc:///run/ls/control") == "ipc:///run/ls/control"

@@ -1,0 +1,106 @@
+"""``live-stack ctl``: a readable status by default, JSON with --json, quiet on a closed
+pipe (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from daemon.client import control_request
+from daemon.service import StackingService
+from daemon.summary import reply_text, status_text
+
+#: Seconds any test waits for something to happen.
+WAIT = 30.0
+
+
+def _ctl(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "live_stack.cli", "ctl", *args],
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def _fed(make_service: Callable[..., StackingService], small_capture: Any,
+         zctx: zmq.Context) -> StackingService:
+    """A daemon with the real live stacker that has stacked a replayed capture."""
+    from live_stack.live import LiveParams, LiveStacker
+
+    svc = make_service(LiveStacker(LiveParams()), service={"queue_size": 200})
+    r = subprocess.run([sys.executable, "-m", "live_stack.cli", "source", "replay",
+                        small_capture.video, "--fps", "0", "--to", svc.endpoints.ingest],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        st = control_request(svc.endpoints.control, "status", timeout=WAIT,
+                             context=zctx)["result"]
+        if st["frames"]["processed"] == small_capture.frames and st["stack"]:
+            return svc
+        time.sleep(0.05)
+    raise AssertionError(f"the capture was not stacked: {st}")
+
+
+def test_ctl_status_is_readable_and_json_on_demand(
+    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
+) -> None:
+    svc = _fed(make_service, small_capture, zctx)
+    ctl = svc.endpoints.control
+    r = _ctl("--control", ctl, "status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert 8 <= len(lines) <= 20, r.stdout  # a summary, not the whole map
+    assert lines[0].startswith("daemon running for ") and svc.session in lines[0]
+    n = small_capture.frames
+    frames = next(x for x in lines if x.startswith("frames:"))
+    assert f"{n} received" in frames and f"{n} stacked" in frames
+    assert any(x.startswith("stack:") and "x" in x and "#" in x for x in lines)
+    assert any(x.startswith("endpoints:") and ctl in x for x in lines)
+    assert not r.stdout.lstrip().startswith("{")
+    r = _ctl("--control", ctl, "--json", "status")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)["result"]
+    assert st["frames"]["received"] == n and st["endpoints"]["control"] == ctl
+    r = _ctl("--control", ctl, "set", "stack_size", "30%")
+    assert r.returncode == 0 and r.stdout.strip() == "stack_size = '30%'"
+    r = _ctl("--control", ctl, "set", "stack_size", "0%")
+    assert r.returncode == 1 and r.stdout == "" and "stack size" in r.stderr
+
+
+def test_ctl_into_a_closed_pipe_ends_quietly(
+    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
+) -> None:
+    """``ctl status | head``: the reader is gone before ctl writes (no traceback)."""
+    svc = _fed(make_service, small_capture, zctx)
+    for extra in ([], ["--json"]):
+        read, write = os.pipe()
+        os.close(read)  # every write into it now fails with EPIPE
+        try:
+            r = _ctl("--control", svc.endpoints.control, *extra, "status", stdout=write)
+        finally:
+            os.close(write)
+        assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run(["bash", "-c", f"{sys.executable} -m live_stack.cli ctl --control "
+                        f"{svc.endpoints.control} --json status | head -n 2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines()[0] == "{" and "Traceback" not in r.stderr
+
+
+def test_status_text_of_a_fresh_daemon_and_of_faults() -> None:
+    st = {"state": "running", "uptime_s": 4000.0, "session": "s1", "segment": 2,
+          "diagnosis": {"kind": "alignment", "text": "nothing to stack: why", "fault": True},
+          "frames": {"received": 5}, "stack": {}, "output": {"directory": "/o"},
+          "recording": {"path": "/o/raw.ser", "frames": 5, "failed": "disk full"}}
+    lines = status_text(st, now=0.0).splitlines()
+    assert lines[0] == "daemon running for 67 min, session s1, stack 2"
+    assert lines[1] == "! nothing to stack: why"
+    assert "stack:     none yet" in lines and "saved:     nothing yet (into /o)" in lines
+    assert "recording: /o/raw.ser (5 frames, STOPPED: disk full)" in lines
+    assert reply_text("reset", {"saved": None, "segment": 3}) == "nothing to save; now stack 3"
+    assert reply_text("pause", {"state": "paused"}) == "state: paused"
