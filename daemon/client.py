@@ -95,9 +95,9 @@ def control_request(
 class Message:
     """A message received from the daemon's publisher."""
 
-    topic: str  # "stack" or "status"
-    header: dict[str, Any]  # the image header (stack) or the status map
-    image: np.ndarray | None = None  # the uint16 stack pixels (stack messages)
+    topic: str  # "stack", "preview" or "status"
+    header: dict[str, Any]  # the image header (stack, preview) or the status map
+    image: np.ndarray | None = None  # the pixels (stack: uint16; preview: as the frame)
 
 
 class Subscriber:
@@ -151,9 +151,9 @@ class Subscriber:
         topic = bytes(parts[0].buffer)
         if topic == protocol.TOPIC_STATUS and len(parts) == 2:
             return Message("status", protocol.unpack(parts[1].buffer, what="status"))
-        if topic == protocol.TOPIC_STACK:
+        if topic in (protocol.TOPIC_STACK, protocol.TOPIC_PREVIEW):
             header, image = protocol.decode_image(parts[1:])
-            return Message("stack", header, image)
+            return Message(topic.decode(), header, image)
         raise protocol.ProtocolError(f"unexpected message with topic {topic!r}, "
                                      f"{len(parts)} parts")
 

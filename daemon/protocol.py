@@ -4,7 +4,7 @@ A message that carries an image is a multipart ZeroMQ message::
 
     [topic?] [header] [pixels]
 
-- ``topic`` (PUB/SUB only): ``b"stack"`` or ``b"status"``;
+- ``topic`` (PUB/SUB only): ``b"stack"``, ``b"preview"`` or ``b"status"``;
 - ``header``: a msgpack map (see :data:`IMAGE_KEYS`);
 - ``pixels``: the raw C-ordered buffer, ``height * width * channels * itemsize`` bytes,
   little-endian. It is sent with ``copy=False`` and decoded without a copy.
@@ -27,6 +27,7 @@ PROTOCOL_VERSION = 1
 
 TOPIC_STACK = b"stack"
 TOPIC_STATUS = b"status"
+TOPIC_PREVIEW = b"preview"  # decimated raw frames for a live view (daemon/preview.py)
 
 #: dtypes allowed on the wire (little-endian).
 WIRE_DTYPES = {"uint8": np.dtype("<u1"), "uint16": np.dtype("<u2"), "float32": np.dtype("<f4")}

@@ -54,6 +54,7 @@ from daemon.persist import (
     numbered,
     save_stack,
 )
+from daemon.preview import PreviewParams, encode_preview
 from daemon.security import configure_server, load_key_pair, start_authenticator
 from daemon.stats import IngestStats
 
@@ -321,6 +322,9 @@ class StackingService:
         self._rates = {"received_fps": 0.0, "processed_fps": 0.0}
         self._diagnosis_lock = threading.Lock()
         self._diagnosis: Diagnosis | None = None  # the latest one logged
+        self._preview = PreviewParams()
+        # the newest frame received (set by ingest, read by the publisher's previews)
+        self._newest_frame: tuple[dict[str, Any], np.ndarray] | None = None
         # saver state, guarded by _save_lock
         self._saved_version = -1
         self._last_save: dict[str, Any] = {"path": None, "time": None}
@@ -550,6 +554,7 @@ class StackingService:
         if not isinstance(header.get("source"), str):
             header["source"] = str(header.get("source", ""))
         self._stats.on_received(header)
+        self._newest_frame = (header, array)  # a reference only: previews cost ingest nothing
         if self._recorder is not None:
             self._recorder.write(header, array)
         try:
@@ -745,14 +750,22 @@ class StackingService:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
-        next_status = time.monotonic()
+        next_status = next_preview = time.monotonic()
+        previewed: dict[str, Any] | None = None  # header of the frame last previewed
         try:
             while not self._stop.is_set():
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + svc.status_interval
                     self._rates = self._stats.sample_rates()
                     sock.send_multipart([protocol.TOPIC_STATUS, protocol.pack(self.status())])
-                wait = min(max(next_status - time.monotonic(), 0.0), svc.poll_timeout)
+                newest = self._newest_frame
+                if time.monotonic() >= next_preview and newest is not None \
+                        and newest[0] is not previewed:
+                    next_preview = time.monotonic() + self._preview.interval
+                    previewed = newest[0]
+                    self._send_preview(sock, *newest)
+                wait = min(max(min(next_status, next_preview) - time.monotonic(), 0.0),
+                           svc.poll_timeout)
                 events = dict(poller.poll(wait * 1000))
                 if wake in events:
                     self._send_new_stack(sock, wake)
@@ -763,6 +776,17 @@ class StackingService:
         finally:
             sock.close(linger=0)
             wake.close(linger=0)
+
+    def _send_preview(self, sock: zmq.Socket, header: dict[str, Any],
+                      frame: np.ndarray) -> None:
+        """Publish a decimated preview of the newest frame (see daemon/preview.py)."""
+        focus = {**self._stats.focus(), "received_fps": self._rates["received_fps"]}
+        try:
+            parts = encode_preview(header, frame, self._preview, focus=focus)
+        except ValueError as exc:  # a frame the wire took but a preview cannot show
+            self._throttle.warning("preview", "no preview of frame %s: %s", header["seq"], exc)
+            return
+        sock.send_multipart(parts, copy=False)
 
     def _send_new_stack(self, sock: zmq.Socket, wake: zmq.Socket) -> None:
         """Publish the stack the snapshot thread left (if any)."""

@@ -68,6 +68,8 @@ class IngestStats:
         self.newest_source = ""
         self.newest_time: float | None = None  # its capture time (Unix seconds)
         self.newest_index = -1  # its index among all frames processed (0-based)
+        self.newest_quality: float | None = None  # its quality (None: unknown)
+        self.best_quality: float | None = None  # the best quality of any frame so far
 
     # -- updates ------------------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class IngestStats:
             else:
                 self.rejected[reason or "rejected"] += 1
             q = float(quality) if quality == quality else -1.0  # NaN -> -1
+            if q >= 0:
+                self.newest_quality = q
+                self.best_quality = q if self.best_quality is None else max(self.best_quality, q)
             outcome = "admitted" if admitted else reason or "rejected"
             self._recent.append((self.newest_index, q, bool(admitted), str(header["source"]),
                                  outcome))
@@ -134,6 +139,11 @@ class IngestStats:
         return {"received_fps": (received - r0) / dt, "processed_fps": (processed - p0) / dt}
 
     # -- reading ------------------------------------------------------------------------
+
+    def focus(self) -> dict[str, float | None]:
+        """``{quality, best_quality}``: of the newest frame stacked, and the best so far."""
+        with self._lock:
+            return {"quality": self.newest_quality, "best_quality": self.best_quality}
 
     @property
     def total_drops(self) -> int:
@@ -171,5 +181,7 @@ class IngestStats:
                     "seq": self.newest_seq,
                     "source": self.newest_source,
                     "time": self.newest_time,
+                    "quality": self.newest_quality,
+                    "best_quality": self.best_quality,
                 },
             }
