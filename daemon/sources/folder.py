@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import zmq
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -328,6 +329,8 @@ class FolderSender:
             else:
                 start = 0 if entry is None else int(entry["frames"])
                 self._send_video(path, name, st, start, unchanged=unchanged)
+        except zmq.ZMQError:
+            raise  # the connection to the daemon, not the file: the source stops (rc 1)
         except Exception as exc:  # any file may be broken: never fatal to the source
             self._skip(name, st, exc)
 

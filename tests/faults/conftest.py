@@ -176,3 +176,25 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     out = tmp_path_factory.mktemp("faults-capture")
     return simulate_capture("moon", frames=60, out_dir=out, width=160, height=120, seed=1)
+
+
+@pytest.fixture
+def start_source(run_live_stack: Callable[..., Process],
+                 live_daemon: Daemon) -> Callable[..., Process]:
+    """``start_source(KIND, PATH, *options)``: ``live-stack source KIND PATH`` sending to
+    the ``live_daemon``, returned once it has started (said "watching" or "replaying")."""
+
+    def start(kind: str, path: Path, *options: str) -> Process:
+        p = run_live_stack("source", kind, str(path), "--to", live_daemon.ingest, *options)
+        p.wait_line("watching" if kind == "folder" else "replaying")
+        return p
+
+    return start
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    """An empty folder for a folder source to watch."""
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    return folder

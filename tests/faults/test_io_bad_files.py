@@ -34,12 +34,16 @@ def frames(capture: Any) -> list[np.ndarray]:
         return list(src)
 
 
-def _folder_source(run_live_stack: Callable[..., Any], watched: Path, daemon: Any,
-                   state: Path, name: str) -> Any:
-    p = run_live_stack("source", "folder", str(watched), "--to", daemon.ingest,
-                       "--settle", SETTLE, "--state", str(state), "--source-id", name)
-    p.wait_line("watching")
-    return p
+@pytest.fixture
+def folder_source(start_source: Callable[..., Any], watched: Path,
+                  tmp_path: Path) -> Callable[[str], Any]:
+    """``folder_source(ID)``: a folder source watching ``watched`` (one state file)."""
+
+    def start(source_id: str) -> Any:
+        return start_source("folder", watched, "--settle", SETTLE, "--state",
+                            str(tmp_path / "state.json"), "--source-id", source_id)
+
+    return start
 
 
 def _put(path: Path, data: bytes, mtime: float | None = None) -> None:
@@ -58,16 +62,14 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def test_empty_images_in_a_watched_folder_are_skipped_counted_and_never_fatal(
-    run_live_stack: Callable[..., Any], live_daemon: Any, frames: list[np.ndarray],
-    tmp_path: Path,
+    folder_source: Callable[[str], Any], live_daemon: Any, frames: list[np.ndarray],
+    watched: Path, tmp_path: Path,
 ) -> None:
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    state = tmp_path / "state.json"
+    state = tmp_path / "state.json"  # where folder_source keeps it
     _put(watched / "a.png", b"", mtime=1_700_000_000)
     _put(watched / "b.jpg", b"", mtime=1_700_000_001)
     _put(watched / "c.png", _png(frames[0]), mtime=1_700_000_002)  # sent after the two
-    p = _folder_source(run_live_stack, watched, live_daemon, state, "folder-empty")
+    p = folder_source("folder-empty")
     line = p.wait_line("skipped a.png")
     assert line.rstrip().endswith(f"WARNING skipped a.png (1 files skipped so far): "
                                   f"{watched / 'a.png'}: the file is empty (0 bytes); it is "
@@ -84,7 +86,7 @@ def test_empty_images_in_a_watched_folder_are_skipped_counted_and_never_fatal(
     assert "skipped" not in files["c.png"] and files["c.png"]["frames"] == 1
 
     # a restart neither stops nor warns again about the same files, nor sends c.png again
-    p = _folder_source(run_live_stack, watched, live_daemon, state, "folder-empty")
+    p = folder_source("folder-empty")
     p.wait_line("a.png is skipped: ")
     p.wait_line("b.jpg is skipped: ")
     _put(watched / "a.png", _png(frames[1]))  # the driver finally wrote it: read again
@@ -96,19 +98,16 @@ def test_empty_images_in_a_watched_folder_are_skipped_counted_and_never_fatal(
 
 
 def test_restart_says_nothing_of_unchanged_files_and_names_changed_ones(
-    run_live_stack: Callable[..., Any], live_daemon: Any, frames: list[np.ndarray],
-    tmp_path: Path,
+    folder_source: Callable[[str], Any], live_daemon: Any, frames: list[np.ndarray],
+    watched: Path,
 ) -> None:
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    state = tmp_path / "state.json"
     for k in range(3):
         _put(watched / f"f{k}.png", _png(frames[k]), mtime=1_700_000_000 + k)
-    p = _folder_source(run_live_stack, watched, live_daemon, state, "folder-restart")
+    p = folder_source("folder-restart")
     for k in range(3):
         p.wait_line(f"sent f{k}.png")
     assert p.stop() == 0
-    p = _folder_source(run_live_stack, watched, live_daemon, state, "folder-restart")
+    p = folder_source("folder-restart")
     _put(watched / "f1.png", _png(frames[5]))
     p.wait_line("f1.png changed after it was sent; not sending it again")
     assert p.stop() == 0
@@ -117,14 +116,12 @@ def test_restart_says_nothing_of_unchanged_files_and_names_changed_ones(
 
 
 def test_a_frame_the_daemon_would_drop_is_not_said_to_be_sent(
-    run_live_stack: Callable[..., Any], live_daemon: Any, frames: list[np.ndarray],
-    tmp_path: Path,
+    folder_source: Callable[[str], Any], live_daemon: Any, frames: list[np.ndarray],
+    watched: Path,
 ) -> None:
-    watched = tmp_path / "watched"
-    watched.mkdir()
     _put(watched / "wide.png", _png(np.full((100, 17000), 128, np.uint8)), mtime=1_700_000_000)
     _put(watched / "ok.png", _png(frames[0]), mtime=1_700_000_001)
-    p = _folder_source(run_live_stack, watched, live_daemon, tmp_path / "s.json", "folder-wide")
+    p = folder_source("folder-wide")
     line = p.wait_line("skipped wide.png")
     assert "ProtocolError: frame size 17000x100 is out of range (8..16384)" in line
     p.wait_line("sent ok.png")
@@ -167,12 +164,10 @@ def test_reprocess_a_folder_of_compressed_tiffs_with_an_empty_one(
 
 
 def test_folder_source_sends_an_lzw_tiff(
-    run_live_stack: Callable[..., Any], live_daemon: Any, frames: list[np.ndarray],
-    tmp_path: Path,
+    folder_source: Callable[[str], Any], live_daemon: Any, frames: list[np.ndarray],
+    watched: Path, tmp_path: Path,
 ) -> None:
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    p = _folder_source(run_live_stack, watched, live_daemon, tmp_path / "s.json", "folder-lzw")
+    p = folder_source("folder-lzw")
     assert cv2.imwrite(str(tmp_path / "lzw.tif"), frames[0])
     os.replace(tmp_path / "lzw.tif", watched / "lzw.tif")
     p.wait_line("sent lzw.tif")

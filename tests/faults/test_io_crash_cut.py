@@ -95,12 +95,11 @@ def test_repair_makes_the_file_valid_for_strict_readers(
 
 
 def test_replay_sends_every_complete_frame_of_a_crash_cut_ser(
-    run_live_stack: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
+    start_source: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
 ) -> None:
     path = _cut(capture, tmp_path, claimed=0, keep=37, partial=10)
     before = _digest(path)
-    p = run_live_stack("source", "replay", str(path), "--to", live_daemon.ingest, "--fps", "0",
-                       "--source-id", "replay-cut")
+    p = start_source("replay", path, "--fps", "0", "--source-id", "replay-cut")
     assert p.finish(60) == 0, p.stderr
     assert "header says 0 frames" in p.stderr and "the 37 complete frames" in p.stderr
     assert "sent 37 frames" in p.stderr
@@ -110,14 +109,13 @@ def test_replay_sends_every_complete_frame_of_a_crash_cut_ser(
 
 
 def test_folder_source_sends_every_complete_frame_of_a_crash_cut_ser(
-    run_live_stack: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
+    start_source: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
+    watched: Path,
 ) -> None:
-    watched = tmp_path / "watched"
     path = _cut(capture, watched, claimed=FRAMES + 40, keep=FRAMES)
     before = _digest(path)
-    p = run_live_stack("source", "folder", str(watched), "--to", live_daemon.ingest,
-                       "--settle", "0.2", "--state", str(tmp_path / "state.json"),
-                       "--source-id", "folder-cut")
+    p = start_source("folder", watched, "--settle", "0.2", "--state",
+                     str(tmp_path / "state.json"), "--source-id", "folder-cut")
     p.wait_line(f"header says {FRAMES + 40} frames but the file holds {FRAMES} complete")
     p.wait_line(f"sent {FRAMES} frames of cut.ser")
     live_daemon.wait_status(lambda s: s["frames"]["received"] == FRAMES, "all frames received")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import pytest
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -33,14 +32,20 @@ KEPT = 20
 END = 120.0
 
 
-def _long_ser(capture: Any, path: Path, frames: int) -> list[np.ndarray]:
-    """A SER of ``frames`` frames cycling through the capture's; returns the frames."""
+@pytest.fixture
+def long_ser(capture: Any, tmp_path: Path) -> Callable[[int], Path]:
+    """``long_ser(n)``: ``tmp_path/long.ser``, n frames cycling through the capture's."""
     with SerReader(capture.video) as src:
         pool = list(src)
-    out = [pool[k % len(pool)] for k in range(frames)]
-    with SerWriter(path, width=WIDTH, height=HEIGHT) as w:
-        w.write_frames(out, [1.7e9 + k / 50 for k in range(frames)])
-    return out
+
+    def write(frames: int) -> Path:
+        path = tmp_path / "long.ser"
+        with SerWriter(path, width=WIDTH, height=HEIGHT) as w:
+            w.write_frames([pool[k % len(pool)] for k in range(frames)],
+                           [1.7e9 + k / 50 for k in range(frames)])
+        return path
+
+    return write
 
 
 def _cut(path: Path, frames: int) -> None:
@@ -102,11 +107,10 @@ def when_opened() -> Iterator[Callable[[Path], threading.Event]]:
 
 
 def test_reprocess_of_a_file_truncated_while_read_exits_1_naming_it(
-    run_live_stack: Callable[..., Any], capture: Any, tmp_path: Path,
+    run_live_stack: Callable[..., Any], long_ser: Callable[[int], Path], tmp_path: Path,
     when_opened: Callable[[Path], threading.Event],
 ) -> None:
-    path = tmp_path / "long.ser"
-    _long_ser(capture, path, 1500)
+    path = long_ser(1500)
     opened = when_opened(path)
     out = tmp_path / "stack.tif"
     p = run_live_stack("reprocess", str(path), "-o", str(out), "-q")
@@ -128,13 +132,10 @@ def test_reprocess_of_a_file_truncated_while_read_exits_1_naming_it(
 
 
 def test_replay_of_a_file_truncated_while_played_exits_1_and_the_frames_sent_arrive(
-    run_live_stack: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
+    start_source: Callable[..., Any], live_daemon: Any, long_ser: Callable[[int], Path],
 ) -> None:
-    path = tmp_path / "long.ser"
-    _long_ser(capture, path, 100)
-    p = run_live_stack("source", "replay", str(path), "--to", live_daemon.ingest,
-                       "--fps", "20", "--source-id", "replay-trunc")
-    p.wait_line("replaying")
+    path = long_ser(100)
+    p = start_source("replay", path, "--fps", "20", "--source-id", "replay-trunc")
     _cut(path, KEPT)  # frame 20 is due one second later
     rc = p.finish(END)
     assert rc == 1, (rc, p.stderr)
@@ -146,39 +147,32 @@ def test_replay_of_a_file_truncated_while_played_exits_1_and_the_frames_sent_arr
 
 
 def test_replay_of_a_file_recreated_under_its_name_plays_the_file_it_opened(
-    run_live_stack: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
+    start_source: Callable[..., Any], live_daemon: Any, long_ser: Callable[[int], Path],
 ) -> None:
-    path = tmp_path / "long.ser"
-    _long_ser(capture, path, 40)
-    p = run_live_stack("source", "replay", str(path), "--to", live_daemon.ingest,
-                       "--fps", "40", "--source-id", "replay-new")
-    p.wait_line("replaying")
+    path = long_ser(40)
+    p = start_source("replay", path, "--fps", "40", "--source-id", "replay-new")
     path.unlink()  # a capture program starting a new recording of the same name
-    _long_ser(capture, path, 3)
+    assert long_ser(3) == path
     assert p.finish(END) == 0, p.stderr
     assert "sent 40 frames" in p.stderr
     live_daemon.wait_status(lambda s: s["frames"]["received"] == 40, "40 frames")
 
 
 def test_folder_source_survives_a_file_truncated_while_sent(
-    run_live_stack: Callable[..., Any], live_daemon: Any, capture: Any, tmp_path: Path,
+    start_source: Callable[..., Any], live_daemon: Any, long_ser: Callable[[int], Path],
+    capture: Any, tmp_path: Path, watched: Path,
 ) -> None:
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    state = tmp_path / "state.json"
-    p = run_live_stack("source", "folder", str(watched), "--to", live_daemon.ingest,
-                       "--settle", "0.2", "--fps", "20", "--state", str(state),
-                       "--source-id", "folder-trunc")
-    p.wait_line("watching")
-    frames = _long_ser(capture, tmp_path / "long.ser", 100)
-    os.replace(tmp_path / "long.ser", watched / "long.ser")
+    p = start_source("folder", watched, "--settle", "0.2", "--fps", "20", "--state",
+                     str(tmp_path / "state.json"), "--source-id", "folder-trunc")
+    os.replace(long_ser(100), watched / "long.ser")
     p.wait_line("sending frames 0..99 of long.ser")
     _cut(watched / "long.ser", KEPT)
     line = p.wait_line("skipped long.ser")
     assert "(1 files skipped so far)" in line
     assert f"{watched / 'long.ser'}: the file shrank while it was read: frame {KEPT}" in line
     # the source is alive: the next file is sent
-    assert cv2.imwrite(str(tmp_path / "next.png"), frames[0])
+    with SerReader(capture.video) as src:
+        assert cv2.imwrite(str(tmp_path / "next.png"), src[0])
     os.replace(tmp_path / "next.png", watched / "next.png")
     p.wait_line("sent next.png")
     st = live_daemon.wait_status(lambda s: s["frames"]["received"] == KEPT + 1,
