@@ -52,6 +52,9 @@ class ScreenshotParams:
     timeout_s: float = DEFAULT_SCREENSHOT_TIMEOUT_S
     # Seconds to wait for a status once the stack is there.
     status_grace_s: float = STATUS_GRACE_S
+    # Seconds to keep showing what arrives after the first stack before the picture is
+    # taken (so that the graphs have filled), on top of the layout's settling.
+    delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, Path) or not self.path.suffix:
@@ -60,6 +63,8 @@ class ScreenshotParams:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
         if not self.status_grace_s >= 0:
             raise ValueError(f"status_grace_s must be >= 0, got {self.status_grace_s!r}")
+        if not self.delay_s >= 0:
+            raise ValueError(f"delay_s must be >= 0, got {self.delay_s!r}")
 
 
 def control_endpoint_for(publish_endpoint: str) -> str:
@@ -134,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_SCREENSHOT_TIMEOUT_S:g})",
     )
     p.add_argument(
+        "--screenshot-delay", metavar="S", type=float, default=0.0,
+        help="with --screenshot: keep showing what arrives for S seconds after the first "
+        "stack before taking the picture (default 0)",
+    )
+    p.add_argument(
         "--ap-grid", action="store_true",
         help="start with the AP grid drawn over the stack",
     )
@@ -206,7 +216,8 @@ class ScreenshotTaker:
     def _settle(self) -> None:
         from PySide6.QtCore import QTimer
 
-        QTimer.singleShot(SETTLE_MS, self.window, self._shoot)
+        QTimer.singleShot(SETTLE_MS + round(self.params.delay_s * 1000), self.window,
+                          self._shoot)
 
     def _shoot(self) -> None:
         if self._finished:
@@ -222,8 +233,13 @@ class ScreenshotTaker:
     def _on_timeout(self) -> None:
         if not self._armed:
             endpoint = self.window.link.params.publish_endpoint
+            why = ""
+            status = self.window.last_status
+            diagnosis = status.get("diagnosis") if isinstance(status, dict) else None
+            if isinstance(diagnosis, dict) and diagnosis.get("text"):
+                why = f"; the daemon says: {diagnosis['text']}"
             self._finish(1, f"no stack arrived from {endpoint} within "
-                            f"{self.params.timeout_s:g} s")
+                            f"{self.params.timeout_s:g} s{why}")
 
     def _finish(self, code: int, message: str) -> None:
         if not self._finished:
@@ -268,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shot = None
     if args.screenshot is not None:
         try:
-            shot = ScreenshotParams(path=args.screenshot, timeout_s=args.timeout)
+            shot = ScreenshotParams(path=args.screenshot, timeout_s=args.timeout,
+                                    delay_s=args.screenshot_delay)
         except ValueError as exc:
             print(f"live-stack view: --screenshot: {exc}", file=sys.stderr)
             return 2

@@ -3,8 +3,9 @@
 The user interface never touches the network. A :class:`DaemonLink` starts one thread
 that
 
-- subscribes to the daemon's publisher and keeps only the *newest* stack (stale stacks
-  are dropped, never queued) and the status maps received since the UI last looked;
+- subscribes to the daemon's publisher and keeps only the *newest* stack and raw-frame
+  preview (stale ones are dropped, never queued) and the status maps received since the
+  UI last looked;
 - sends control requests (queued by the UI, one at a time, as a REQ socket must) and
   waits for each answer with a timeout; a REQ socket whose answer did not come is
   closed and made anew, since it can neither send nor receive any more.
@@ -157,6 +158,19 @@ class StackMessage:
 
 
 @dataclasses.dataclass(frozen=True)
+class PreviewMessage:
+    """A decimated raw frame received from the daemon (see daemon/preview.py)."""
+
+    # The image header; ``meta`` holds the frame's size, the decimation, the levels
+    # (histograms, clipped shares) and the focus figures.
+    header: dict[str, Any]
+    # The preview pixels, uint8 or uint16, (H, W) or (H, W, 3), read-only.
+    image: np.ndarray
+    # time.monotonic() when the message was taken off the socket.
+    received: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Reply:
     """The outcome of one control request."""
 
@@ -177,6 +191,8 @@ class Inbox:
 
     # The newest stack, or None.
     stack: StackMessage | None = None
+    # The newest raw-frame preview, or None (older ones are dropped, never queued).
+    preview: PreviewMessage | None = None
     # Status maps in arrival order (at most the last few dozen).
     statuses: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # Control replies in order.
@@ -253,6 +269,28 @@ def decode_stack(parts: list[Any], received: float) -> StackMessage:
     if not isinstance(meta, dict):
         header["meta"] = {}
     return StackMessage(header=header, image=image, received=received)
+
+
+def decode_preview(parts: list[Any], received: float) -> PreviewMessage:
+    """Decode a ``[b"preview", header, pixels]`` message (topic already checked).
+
+    Raises
+    ------
+    daemon.protocol.ProtocolError
+        If the header or pixels are malformed, or it is not a mono or RGB preview.
+    """
+    if len(parts) != 3:
+        raise protocol.ProtocolError(f"preview message has {len(parts)} parts, expected 3")
+    header, image = protocol.decode_image(parts[1:])
+    if header["kind"] != "preview":
+        raise protocol.ProtocolError(f"preview message has kind {header['kind']!r}")
+    if header["layout"] not in ("mono", "rgb") or header["dtype"] not in ("uint8", "uint16"):
+        raise protocol.ProtocolError(
+            f"a preview is mono or rgb, uint8 or uint16; got {header['layout']} "
+            f"{header['dtype']}")
+    if not isinstance(header.get("meta"), dict):
+        header["meta"] = {}
+    return PreviewMessage(header=header, image=image, received=received)
 
 
 class _Bridge(QObject):
@@ -386,6 +424,7 @@ class DaemonLink:
             self._keys.apply(sub)
         sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_STACK)
         sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_STATUS)
+        sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_PREVIEW)
         sub.connect(self.params.publish_endpoint)
 
     def _setup_req(self, req: zmq.Socket) -> None:
@@ -475,6 +514,7 @@ class DaemonLink:
         """Take what the subscriber holds into the inbox; return the control endpoint
         the newest status announces ("" if none did)."""
         stack: StackMessage | None = None
+        preview: PreviewMessage | None = None
         skipped = 0
         statuses: list[dict[str, Any]] = []
         bad = 0
@@ -495,6 +535,8 @@ class DaemonLink:
                     decoded = decode_stack(parts, time.monotonic())
                     skipped += stack is not None
                     stack = decoded
+                elif topic == protocol.TOPIC_PREVIEW:
+                    preview = decode_preview(parts, time.monotonic())
                 elif topic == protocol.TOPIC_STATUS:
                     if len(parts) != 2:
                         raise protocol.ProtocolError(
@@ -511,7 +553,7 @@ class DaemonLink:
             endpoints = st.get("endpoints") if isinstance(st, dict) else None
             if isinstance(endpoints, dict) and isinstance(endpoints.get("control"), str):
                 announced = endpoints["control"]
-        if stack is None and not statuses and not bad:
+        if stack is None and preview is None and not statuses and not bad:
             return announced
         with self._lock:
             inbox = self._inbox
@@ -520,6 +562,8 @@ class DaemonLink:
                 inbox.stack = stack
             else:
                 inbox.stale_stacks += skipped
+            if preview is not None:
+                inbox.preview = preview
             inbox.statuses.extend(statuses)
             del inbox.statuses[:-_STATUS_BACKLOG]
             inbox.bad_messages += bad

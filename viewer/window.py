@@ -14,10 +14,15 @@ from viewer.control_panel import ControlPanel
 from viewer.image_panel import StackView
 from viewer.link import DaemonLink, Inbox, Reply, StackMessage
 from viewer.quality_panel import QualityPanel
+from viewer.raw_panel import RawPanel
 from viewer.state_panel import StatePanel
 
 #: Look of the "daemon unreachable" banner.
 BANNER_STYLE = "background: #b71c1c; color: white; font-weight: bold; padding: 6px;"
+
+#: Look of the daemon's diagnosis (why nothing is stacked): a fault, and a passing state.
+FAULT_STYLE = "background: #e65100; color: white; font-weight: bold; padding: 6px;"
+NOTE_STYLE = "background: #455a64; color: white; padding: 6px;"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,8 @@ class MainWindow(QMainWindow):
     stack_shown = Signal(int)
     #: Emitted after the status maps of one wake-up have been shown.
     status_shown = Signal()
+    #: Emitted with the frame's sequence number once a raw-frame preview is on screen.
+    preview_shown = Signal(int)
 
     def __init__(self, link: DaemonLink, params: WindowParams | None = None) -> None:
         super().__init__()
@@ -82,7 +89,13 @@ class MainWindow(QMainWindow):
         self.banner.setWordWrap(True)
         self.banner.setVisible(False)
 
+        self.diagnosis = QLabel()
+        self.diagnosis.setObjectName("diagnosis")
+        self.diagnosis.setWordWrap(True)
+        self.diagnosis.setVisible(False)
+
         self.stack_view = StackView()
+        self.raw_panel = RawPanel()
         self.state_panel = StatePanel()
         self.control_panel = ControlPanel()
         self.quality_panel = QualityPanel(self.params.quality_history)
@@ -96,9 +109,11 @@ class MainWindow(QMainWindow):
 
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(self.stack_view)
+        top.addWidget(self.raw_panel)
         top.addWidget(side)
         top.setStretchFactor(0, 3)
-        top.setStretchFactor(1, 1)
+        top.setStretchFactor(1, 2)
+        top.setStretchFactor(2, 1)
         main = QSplitter(Qt.Orientation.Vertical)
         main.addWidget(top)
         main.addWidget(self.quality_panel)
@@ -108,6 +123,7 @@ class MainWindow(QMainWindow):
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.addWidget(self.banner)
+        layout.addWidget(self.diagnosis)
         layout.addWidget(main, 1)
         self.setCentralWidget(central)
 
@@ -188,6 +204,7 @@ class MainWindow(QMainWindow):
             self.quality_panel.show_quality(status.get("quality"))
             self.control_panel.show_state(status.get("state"))
             self.control_panel.show_params(status.get("params"))
+            self.show_diagnosis(status.get("diagnosis"))
             self.banner.setVisible(False)
         if inbox.stack is not None and self._is_new(inbox.stack):
             self.stack_view.show_stack(inbox.stack)
@@ -199,9 +216,22 @@ class MainWindow(QMainWindow):
                 stats = inbox.stack.header["meta"].get("stats")
                 if isinstance(stats, dict):
                     self.quality_panel.show_quality(stats.get("quality"))
+        if inbox.preview is not None:
+            self.raw_panel.show_preview(inbox.preview)
+            self.preview_shown.emit(int(inbox.preview.header["seq"]))
         self._show_link(now)
         if inbox.statuses:
             self.status_shown.emit()
+
+    def show_diagnosis(self, diagnosis: Any) -> None:
+        """Show the daemon's reason why frames do not reach the stack (hidden when none)."""
+        text = diagnosis.get("text") if isinstance(diagnosis, dict) else None
+        if not isinstance(text, str) or not text:
+            self.diagnosis.setVisible(False)
+            return
+        self.diagnosis.setText(text)
+        self.diagnosis.setStyleSheet(FAULT_STYLE if diagnosis.get("fault") else NOTE_STYLE)
+        self.diagnosis.setVisible(True)
 
     def _is_new(self, stack: StackMessage) -> bool:
         """False for the stack on screen sent again (to a viewer that subscribed late)."""

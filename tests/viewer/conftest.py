@@ -181,7 +181,7 @@ def open_window(qtbot) -> Iterator[Callable[..., MainWindow]]:
         link = DaemonLink(params)
         window = MainWindow(link, window_params)
         qtbot.addWidget(window)
-        window.resize(1000, 700)
+        window.resize(1500, 950)
         window.show()
         link.start()
         windows.append(window)

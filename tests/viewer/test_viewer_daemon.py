@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PySide6.QtCore import QPointF
 
 from daemon.cli import make_stacker
 from daemon.config import build_config
@@ -295,3 +296,48 @@ def test_reachable_control_uses_the_publishers_host():
         "tcp://10.0.0.5:6001"
     assert reachable_control("tcp://[::1]:5556", "tcp://[::]:6001") == "tcp://[::1]:6001"
     assert reachable_control("tcp://h:1", "ipc:///run/ls/control") == "ipc:///run/ls/control"
+
+
+def test_raw_frames_focus_and_histogram_are_shown(qtbot, daemon, open_window, capture):
+    """The live raw view beside the stack: the newest frame's pixels, rendered."""
+    from live_stack.io import open_source
+
+    window = open_window(daemon.link_params)
+    raw = window.raw_panel
+    qtbot.waitUntil(lambda: raw.view.shown >= 3 and raw.focus.best is not None,
+                    timeout=WAIT_MS)
+    with qtbot.waitSignal(window.preview_shown, timeout=WAIT_MS) as shown:
+        pass
+    seq = shown.args[0]
+    image = raw.view.image
+    with open_source(capture) as src:
+        frame = np.array(src[seq % len(src)])  # the replay loops over the capture
+    np.testing.assert_array_equal(image, frame)  # small enough to come whole
+    assert f"frame #{seq}  {CAPTURE['width']}x{CAPTURE['height']} mono" in \
+        raw.view.info_label.text()
+    assert "frames/s" in raw.view.info_label.text()
+    # rendered pixels: the grey levels on screen follow the frame's
+    low, high = raw.view.image_item.getLevels()
+    shot = raw.view.graphics.viewport().grab().toImage()
+    rng = np.random.default_rng(1)
+    ys = rng.integers(2, image.shape[0] - 2, 200)
+    xs = rng.integers(2, image.shape[1] - 2, 200)
+    expected = np.clip((image[ys, xs] - low) / (high - low), 0, 1) * 255
+    seen = []
+    for y, x in zip(ys, xs, strict=True):
+        p = raw.view.graphics.mapFromScene(
+            raw.view.view_box.mapViewToScene(QPointF(x + 0.5, y + 0.5))).toPointF()
+        seen.append(shot.pixelColor(round(p.x()), round(p.y())).red())
+    seen = np.array(seen, dtype=np.float64)
+    assert np.corrcoef(seen, expected)[0, 1] > 0.95
+    # the focus aid: the big number is the newest quality, the best line above it
+    q = float(raw.focus.number.text())
+    assert 0 < q <= raw.focus.best * 1.001
+    assert raw.focus.best_line.value() == pytest.approx(raw.focus.best)
+    assert raw.focus.curve.getData()[1].size >= 2
+    # the histogram of the raw frames, and the share of clipped pixels of this frame
+    x, y = raw.levels.curves["L"].getData()
+    assert x.size == 65 and np.isfinite(y).all()
+    share = np.mean(frame >= 255)
+    assert raw.levels.clip_label.text() == \
+        f"{'SATURATED' if share > 0.001 else 'clipped'}: L {100 * share:.2f} %"
