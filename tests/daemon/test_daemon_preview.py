@@ -44,8 +44,10 @@ def test_previews_of_a_replayed_capture_are_its_frames(
             if msg is not None:
                 got.append(msg)
     assert got and got[-1].header["seq"] == len(frames) - 1  # the newest frame, at the end
-    # a frame every interval at most: far fewer previews than frames (80 frames in 2 s)
-    assert 2 <= len(got) <= 2 / PreviewParams().interval + 3
+    # one frame per interval at most: far fewer previews than frames (80 frames in 2 s
+    # or more), each of a newer frame
+    seqs = [m.header["seq"] for m in got]
+    assert 2 <= len(got) < len(frames) / 2 and seqs == sorted(set(seqs))
     for msg in got:
         frame = frames[msg.header["seq"]]
         assert msg.header["kind"] == "preview" and msg.topic == "preview"
