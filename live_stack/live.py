@@ -30,6 +30,8 @@ Only a frame leaving the buffer is taken out of the sums at once (its pixels go)
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -99,6 +101,10 @@ MIN_FRAMES_PER_THREAD = 2
 MIN_PATCHES_PER_THREAD = 16
 
 
+#: Largest ``buffer_size``; a ``stack_size`` count above it is refused as absurd.
+MAX_BUFFER = 100_000
+
+
 @dataclass(frozen=True)
 class LiveParams:
     """Parameters of the live stacker (CLI/config prefix ``live_`` for its own fields)."""
@@ -130,12 +136,15 @@ class LiveParams:
     sharpen: SharpenParams = field(default_factory=SharpenParams)  # output sharpening (off)
 
     def __post_init__(self) -> None:
-        if not 2 <= self.buffer_size <= 100_000:
-            raise ValueError(f"buffer_size must be 2..100000, got {self.buffer_size}")
-        parse_stack_size(self.stack_size)
+        if not 2 <= self.buffer_size <= MAX_BUFFER:
+            raise ValueError(f"buffer_size must be 2..{MAX_BUFFER}, got {self.buffer_size}")
+        count, pct = parse_stack_size(self.stack_size)
+        if not pct and count > MAX_BUFFER:
+            raise ValueError(f"stack_size: a count must be at most {MAX_BUFFER} (the largest "
+                             f"buffer_size), got {self.stack_size}")
         if self.window_frames < 0:
             raise ValueError(f"window_frames must be >= 0, got {self.window_frames}")
-        if self.window_seconds < 0:
+        if not self.window_seconds >= 0:  # NaN too
             raise ValueError(f"window_seconds must be >= 0, got {self.window_seconds}")
         if not 1 <= self.warmup <= self.buffer_size:
             raise ValueError(f"warmup must be 1..buffer_size, got {self.warmup}")
@@ -1213,9 +1222,14 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {value!r} is not a valid {kind.__name__}") from None
+        out = kind(value)
+        if kind is float and not math.isfinite(out):
+            raise ValueError
+        return out
+    except (TypeError, ValueError, OverflowError):
+        finite = " finite" if kind is float else ""
+        raise ValueError(f"{name}: {reprlib.repr(value)} is not a valid{finite} "
+                         f"{kind.__name__}") from None
 
 
 def _describe(shape: tuple[int, ...], dtype: np.dtype | None) -> str:

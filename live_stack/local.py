@@ -42,7 +42,7 @@ class LocalParams:
             raise ValueError(f"local_peak_sigma must be 0.3..5, got {self.peak_sigma}")
         if not 0.0 <= self.min_strength < 1.0:
             raise ValueError(f"local_min_strength must be in [0, 1), got {self.min_strength}")
-        if self.outlier <= 0:
+        if not self.outlier > 0:  # NaN too
             raise ValueError(f"local_outlier must be > 0 pixels, got {self.outlier}")
         if self.min_neighbours < 1:
             raise ValueError(f"local_min_neighbours must be >= 1, got {self.min_neighbours}")
