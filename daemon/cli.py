@@ -21,6 +21,7 @@ from daemon.config import (
     SAVE_FORMATS,
     DaemonConfig,
     build_config,
+    check_live_value,
     read_toml,
 )
 
@@ -137,7 +138,7 @@ def make_stacker(live: dict[str, Any]) -> Any:
     stacker = LiveStacker(LiveParams())
     for name, value in live.items():
         try:
-            stacker.set_param(name, value)
+            stacker.set_param(name, check_live_value(name, value))
         except ValueError as exc:
             raise ValueError(f"[live] {name}: {exc}") from None
     return stacker
@@ -178,7 +179,10 @@ def daemon_main(argv: Sequence[str]) -> int:
             notifier.notify("WATCHDOG=1")
         notifier.notify("STOPPING=1")
         service.stop()
-    return EXIT_OK if healthy else EXIT_FAILED
+    # a stack that found no room on a full disk is said so in the log, and is no failure
+    # of the daemon; any other failure to save it is
+    failed = service.final_save_error
+    return EXIT_OK if healthy and (failed is None or failed.no_room) else EXIT_FAILED
 
 
 # -- source ----------------------------------------------------------------------------

@@ -31,6 +31,14 @@ SAVE_FORMATS = ("tif", "png", "fits")
 #: Logging levels accepted by ``service.log_level``.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+#: Longest text a live parameter value may be (``ctl set``, ``[live]``): real ones (a stack
+#: size, a method name) are a few characters.
+MAX_TEXT_VALUE = 64
+
+#: Largest magnitude of a whole-number live parameter value (2**31 - 1): frame counts and
+#: sizes are far below it.
+MAX_INT_VALUE = 2**31 - 1
+
 _TCP_RE = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(?P<port>\d{1,5}|\*)$")
 _LOOPBACK_HOSTS = ("localhost", "lo", "::1", "[::1]")
 
@@ -84,6 +92,26 @@ def _number(value: Any, *, name: str, minimum: float, integer: bool = False,
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}{' or 0' if allow_zero else ''}, got {value}")
     return value if integer else float(value)
+
+
+def check_live_value(name: str, value: Any) -> Any:
+    """Refuse a live parameter value that no parameter takes; return it unchanged.
+
+    The daemon checks every value of ``ctl set`` and of the ``[live]`` table with this
+    before the stacker sees it (which then checks its own ranges): a NaN or infinite
+    number, a whole number beyond :data:`MAX_INT_VALUE` and a text longer than
+    :data:`MAX_TEXT_VALUE` characters are refused with a ValueError naming ``name``.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_VALUE:
+        digits = math.floor(value.bit_length() * math.log10(2)) + 1  # str() may refuse it
+        raise ValueError(f"{name} must be at most {MAX_INT_VALUE} in magnitude, got a number "
+                         f"of about {digits} digits")
+    if isinstance(value, str) and len(value) > MAX_TEXT_VALUE:
+        raise ValueError(f"{name}: a value of {len(value)} characters is not a parameter "
+                         f"value (at most {MAX_TEXT_VALUE})")
+    return value
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -157,12 +185,18 @@ class OutputParams:
     format: str = "tif"  # stack file format: tif, png or fits (16-bit)
     record: bool = False  # record every frame received into a SER file (raw-SESSION.ser)
     session_log: bool = True  # write a session log (session-SESSION.log) into the folder
+    warn_free_mib: float = 1024.0  # warn (log, status, viewer) when the output disk has less
+    # free space than this many MiB
+    min_free_mib: float = 64.0  # recording stops cleanly before a frame would leave less
+    # free than this many MiB (room kept for the stacks and the log)
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, str) or not self.directory:
             raise ValueError(f"output.directory must be a non-empty path, got {self.directory!r}")
         _set(self, "save_interval", _number(self.save_interval, name="output.save_interval",
                                             minimum=0.1, allow_zero=True))
+        for name in ("warn_free_mib", "min_free_mib"):
+            _set(self, name, _number(getattr(self, name), name=f"output.{name}", minimum=0))
         if self.format not in SAVE_FORMATS:
             raise ValueError(f"output.format must be one of {SAVE_FORMATS}, got {self.format!r}")
         for name in ("record", "session_log"):

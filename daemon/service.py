@@ -17,7 +17,8 @@
   every ``status_interval`` seconds (never waiting for the stacker), and the latest
   stack again at once whenever a subscriber to ``stack`` arrives;
 - **control** owns the REP socket and answers control requests;
-- **saver** writes the stack to the output folder every ``save_interval`` seconds.
+- **saver** writes the stack into a new file of the stack history every
+  ``save_interval`` seconds when it changed (see :mod:`daemon.persist`).
 
 Each socket is used by its own thread only; the stacker is guarded by one
 :class:`~daemon.fairlock.FairLock`, so that the snapshot, control and saver threads get
@@ -42,17 +43,27 @@ import numpy as np
 import zmq
 
 from daemon import protocol
-from daemon.config import DaemonConfig, Endpoints
+from daemon.config import DaemonConfig, Endpoints, check_live_value
 from daemon.diagnosis import Diagnosis, diagnose
 from daemon.fairlock import FairLock
 from daemon.framequeue import DropOldestQueue, QueueClosed
 from daemon.persist import (
+    MIB,
+    NO_ROOM,
     RawRecorder,
+    SaveError,
+    append_index,
     attach_session_log,
+    check_writable,
+    describe_os_error,
     detach_session_log,
+    free_bytes,
+    index_file,
+    index_record,
     new_session,
     numbered,
     save_stack,
+    stack_file,
 )
 from daemon.preview import PreviewParams, encode_preview
 from daemon.security import configure_server, load_key_pair, start_authenticator
@@ -91,6 +102,9 @@ STOP_SNAPSHOT_SECONDS = 0.8
 
 #: Seconds between two log lines about the same kind of dropped frame.
 LOG_THROTTLE = 5.0
+
+#: Why a stack is saved (the ``reason`` of its stack index record).
+SAVE_REASONS = ("request", "periodic", "reset", "stop")
 
 #: Source name the daemon puts in the headers of the stacks it publishes.
 DAEMON_SOURCE = "live-stack-daemon"
@@ -189,6 +203,7 @@ class _Taken:
 
     version: int  # the service's stack version when taken
     segment: int  # the stack number
+    params: Any  # the stacker's parameters when taken (a new object after each set)
     snap: StackerSnapshot  # the stacker's snapshot
     counters: dict[str, Any]  # IngestStats.as_dict() at that moment
     seconds: float  # how long snapshot() took
@@ -326,12 +341,18 @@ class StackingService:
         # the newest frame received (set by ingest, read by the publisher's previews)
         self._newest_frame: tuple[dict[str, Any], np.ndarray] | None = None
         # saver state, guarded by _save_lock
-        self._saved_version = -1
+        self._saved_state: tuple[int, Any] | None = None  # (version, params) last saved
+        self._saves = 0  # stack files written in the session
         self._last_save: dict[str, Any] = {"path": None, "time": None}
+        self._save_error: dict[str, Any] | None = None  # the last failed save, until one works
+        self._low_space = False  # the output disk is under output.warn_free_mib
+        #: why the stack could not be saved at stop (None: saved, or nothing to save)
+        self.final_save_error: SaveError | None = None
         #: the endpoints actually bound (ports resolved), set by start()
         self.endpoints: Endpoints | None = None
         self.output_dir = Path(config.output.directory)
         self.session = ""
+        self._index = self.output_dir / "stacks.jsonl"  # the session's, set by start()
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -357,15 +378,13 @@ class StackingService:
         out = self.config.output
         try:
             self.session = new_session(self.output_dir)
+            self._index = index_file(self.output_dir, self.session)
+            check_writable(self.output_dir)
         except OSError as exc:
             self._stopped = True
             self._teardown()
-            raise ServiceError(f"output.directory {self.output_dir}: {exc}") from None
-        if out.session_log:
-            level = getattr(logging, self.config.service.log_level.upper())
-            self._log_handler = attach_session_log(
-                numbered(self.output_dir, "session", self.session, 1, "log"), level=level
-            )
+            raise ServiceError(f"output.directory {self.output_dir}: cannot write there: "
+                               f"{describe_os_error(exc)}") from None
         sockets: list[zmq.Socket] = []
         try:
             keys = self._curve_keys()
@@ -374,6 +393,14 @@ class StackingService:
             pull = self._bind(zmq.PULL, "ingest", keys, sockets)
             pub = self._bind(zmq.XPUB, "publish", keys, sockets)
             rep = self._bind(zmq.REP, "control", keys, sockets)
+            if out.session_log:  # only now: a failed start leaves no file behind
+                level = getattr(logging, self.config.service.log_level.upper())
+                path = numbered(self.output_dir, "session", self.session, 1, "log")
+                try:
+                    self._log_handler = attach_session_log(path, level=level)
+                except OSError as exc:
+                    raise ServiceError(f"output.directory {self.output_dir}: cannot write "
+                                       f"the session log: {describe_os_error(exc)}") from None
         except (ValueError, zmq.ZMQError, ServiceError) as exc:
             for s in sockets:
                 s.close(linger=0)
@@ -382,7 +409,9 @@ class StackingService:
             raise ServiceError(str(exc)) from None
         self.endpoints = Endpoints(*(s.getsockopt_string(zmq.LAST_ENDPOINT) for s in sockets))
         if out.record:
-            self._recorder = RawRecorder(self.output_dir, self.session)
+            self._recorder = RawRecorder(self.output_dir, self.session,
+                                         min_free=int(out.min_free_mib * MIB))
+        self._check_free_space(starting=True)
         self._start_time = time.monotonic()
         self._spawn("ingest", self._ingest_loop, pull)
         self._spawn("stacker", self._process_loop)
@@ -483,8 +512,15 @@ class StackingService:
         path = None
         try:
             wait = max(0.0, t0 + SAVE_WAIT - time.monotonic()) if busy else None
-            path = self.save(timeout=wait, max_snapshot_seconds=STOP_SNAPSHOT_SECONDS)
-        except Exception:
+            path = self.save(timeout=wait, max_snapshot_seconds=STOP_SNAPSHOT_SECONDS,
+                             reason="stop")
+        except SaveError as exc:
+            self.final_save_error = exc
+            last = self._last_save["path"]
+            log.error("the final stack could not be saved%s: %s; the last stack saved is %s",
+                      " (the disk is full)" if exc.no_room else "", exc,
+                      last or "none")
+        except Exception:  # a bug: still stop
             log.exception("saving the stack at shutdown failed")
         if self._recorder is not None:
             self._recorder.close()
@@ -691,17 +727,18 @@ class StackingService:
         finally:
             wake.close(linger=0)
 
-    def _snapshot(self, timeout: float | None = None) -> _Taken | None:
+    def _snapshot(self, timeout: float | None = None, *, fresh: bool = False) -> _Taken | None:
         """A snapshot of the current stack: the latest one taken if the stack has not
-        changed since, else a new one (waiting at most ``timeout`` s for the stacker;
-        None if it stayed busy or has no stack yet)."""
+        changed since (and not ``fresh``), else a new one (waiting at most ``timeout`` s
+        for the stacker; None if it stayed busy or has no stack yet)."""
         taken = self._taken
-        if taken is not None and taken.version == self._version:
+        if taken is not None and taken.version == self._version and not fresh:
             return taken
         if not self._stacker_lock.acquire(timeout=timeout):
             return None
         try:
             version, segment = self._version, self._segment
+            params = self._stacker.params
             t0 = time.perf_counter()
             snap = self._stacker.snapshot()
             seconds = time.perf_counter() - t0
@@ -713,7 +750,7 @@ class StackingService:
         if snap is None:
             return None
         self._snap_stats = plain(snap.stats)
-        taken = _Taken(version, segment, snap, counters, seconds)
+        taken = _Taken(version, segment, params, snap, counters, seconds)
         self._taken = taken
         return taken
 
@@ -864,10 +901,13 @@ class StackingService:
         if cmd == "set":
             return self.set_param(request["name"], request["value"])
         if cmd == "save":
-            path = self.save()
+            try:
+                path = self.save()
+            except SaveError as exc:
+                raise ValueError(str(exc)) from None
             if path is None:
                 raise ValueError("there is no stack to save yet")
-            return {"path": str(path)}
+            return {"path": str(path), "number": self._saves, "index": str(self._index)}
         if cmd == "pause":
             return self.set_paused(True)
         if cmd == "resume":
@@ -879,8 +919,12 @@ class StackingService:
     # -- commands ------------------------------------------------------------------------
 
     def reset(self) -> dict[str, Any]:
-        """Save the current stack, then start a new one (the next file number)."""
-        saved = self.save()
+        """Save the current stack (if it can be), then start a new one (segment + 1)."""
+        try:
+            saved = self.save(reason="reset")
+        except SaveError as exc:  # logged and in the status; the user asked for a reset
+            log.warning("reset without saving the stack before: %s", exc)
+            saved = None
         with self._stacker_lock:
             self._stacker.reset()
             self._stack_format = None
@@ -899,6 +943,7 @@ class StackingService:
         An accepted change makes a new stack: the snapshot thread blends the stack again
         from the frames in the buffer (no new frame needed, e.g. after the source stopped).
         """
+        check_live_value(name, value)
         with self._stacker_lock:
             self._stacker.set_param(name, value)
             new = param_value(self._stacker.params, name, value)
@@ -921,8 +966,8 @@ class StackingService:
             return self._stacker.snapshot()
 
     def save(self, *, timeout: float | None = None,
-             max_snapshot_seconds: float | None = None) -> Path | None:
-        """Write the stack (if it changed since the last save); return the file or None.
+             max_snapshot_seconds: float | None = None, reason: str = "request") -> Path | None:
+        """Write the current stack into a new file of the stack history; return it.
 
         Parameters
         ----------
@@ -930,23 +975,42 @@ class StackingService:
             Seconds to wait for a busy stacker (None: as long as it takes).
         max_snapshot_seconds : float, optional
             If the last snapshot took longer than this, do not take a new one.
+        reason : str
+            Why: ``"request"`` (a ``save`` command: a file is always written),
+            ``"periodic"``, ``"reset"`` or ``"stop"`` (written only if the stack changed
+            since the last save; else the last file is returned). Recorded in the index.
 
-        When no new snapshot can be had in time, the latest snapshot taken is saved
-        instead (if it belongs to the current stack), else nothing.
+        Returns
+        -------
+        Path or None
+            The file holding the current stack, or None when there is no stack yet.
+            When no new snapshot can be had in time, the latest snapshot taken is saved
+            instead (if it belongs to the current stack).
+
+        Raises
+        ------
+        SaveError
+            If the file or the index could not be written (recorded for the status).
         """
+        if reason not in SAVE_REASONS:
+            raise ValueError(f"reason must be one of {SAVE_REASONS}, got {reason!r}")
         if not self._save_lock.acquire(timeout=-1 if timeout is None else timeout):
             log.warning("a save is already under way; not saving again")
             return None
         try:
-            return self._save(timeout, max_snapshot_seconds)
+            return self._save(timeout, max_snapshot_seconds, reason)
         finally:
             self._save_lock.release()
 
-    def _save(self, timeout: float | None, max_snapshot_seconds: float | None) -> Path | None:
+    def _save(self, timeout: float | None, max_snapshot_seconds: float | None,
+              reason: str) -> Path | None:
         """The body of :meth:`save`, under the save lock."""
         slow = (max_snapshot_seconds is not None
                 and self._snapshot_seconds > max_snapshot_seconds)
+        params = self._stacker.params
         taken = None if slow else self._snapshot(timeout)
+        if taken is not None and taken.params is not params:  # changed since: re-blend
+            taken = self._snapshot(timeout, fresh=True) or taken
         if taken is None:
             taken = self._taken
             if taken is None or taken.segment != self._segment:
@@ -954,12 +1018,15 @@ class StackingService:
             if taken.version != self._version:
                 log.warning("the stacker is busy: saving the latest snapshot, taken "
                             "before the last frames were stacked")
-        if taken.version == self._saved_version:
+        same = (taken.version, taken.params) == self._saved_state
+        if same and reason != "request" and self._last_save["path"] is not None:
             return self._last_save["path"]
-        version, segment, snap = taken.version, taken.segment, taken.snap
+        snap, segment = taken.snap, taken.segment
         frames, newest = taken.counters["frames"], taken.counters["newest"]
-        path = numbered(self.output_dir, "stack", self.session, segment,
-                        self.config.output.format)
+        now = time.time()
+        number = self._saves + 1
+        path = stack_file(self.output_dir, self.session, number, now,
+                          self.config.output.format)
         # the stacker's own count includes the frames it collected while warming up,
         # which are in the stack although their add() said "warmup"
         stats = snap.stats
@@ -972,20 +1039,84 @@ class StackingService:
             "frames_admitted": admitted,
             "frames_in_buffer": int(stats.get("buffer_fill", 0)),
             "newest_capture_time": newest["time"] or 0.0,
-            "saved_time": time.time(),
+            "saved_time": now,
         }
-        save_stack(path, snap.image, metadata)
-        self._saved_version = version
-        self._last_save = {"path": path, "time": metadata["saved_time"]}
-        log.info("stack saved to %s (%d frames admitted)", path, admitted)
+        record = index_record(file=path, number=number, reason=reason, time=now,
+                              metadata=metadata,
+                              quality=plain(stats.get("quality", {})), params=plain(params))
+        try:
+            save_stack(path, snap.image, metadata)
+        except Exception as exc:  # OSError: disk full, read-only...; else a bug
+            raise self._save_failed(f"cannot write {path.name} in {self.output_dir}", exc,
+                                    now) from None
+        self._saves = number
+        self._saved_state = (taken.version, taken.params)
+        self._last_save = {"path": path, "time": now}
+        try:
+            append_index(self._index, record)
+        except OSError as exc:
+            raise self._save_failed(f"{path.name} was written but the index "
+                                    f"{self._index.name} could not be updated", exc,
+                                    now) from None
+        self._save_succeeded()
+        log.info("stack saved to %s (%s; %d frames admitted)", path, reason, admitted)
         return path
+
+    def _save_failed(self, what: str, exc: Exception, when: float) -> SaveError:
+        """Record a failed save for the status; log it once (then count); the error."""
+        disk = isinstance(exc, OSError)
+        message = f"{what}: {describe_os_error(exc) if disk else repr(exc)}"
+        error = self._save_error or {"first_time": when, "count": 0, "message": None}
+        if error["message"] != message:
+            log.error("saving the stack failed: %s (further failures are counted in the "
+                      "status, and logged again when the error changes)", message,
+                      exc_info=None if disk else exc)
+        self._save_error = {"message": message, "time": when,
+                            "first_time": error["first_time"], "count": error["count"] + 1}
+        return SaveError(message, no_room=isinstance(exc, OSError) and exc.errno in NO_ROOM)
+
+    def _save_succeeded(self) -> None:
+        error, self._save_error = self._save_error, None
+        if error is not None:
+            log.info("saving works again, after %d failed save(s) since %s: %s",
+                     error["count"], time.strftime("%H:%M:%S",
+                                                   time.localtime(error["first_time"])),
+                     error["message"])
 
     def _save_loop(self) -> None:
         while not self._stop.wait(self.config.output.save_interval):
             try:
-                self.save()
-            except Exception:
-                log.exception("saving the stack failed")
+                self.save(reason="periodic")
+            except SaveError:
+                pass  # logged once and shown in the status
+
+    def _output_status(self) -> dict[str, Any]:
+        """The ``output`` part of the status: saves, their errors, the disk's space."""
+        handler = self._log_handler
+        return {"directory": str(self.output_dir), "format": self.config.output.format,
+                "last_saved": plain(self._last_save["path"]),
+                "last_saved_time": self._last_save["time"], "saves": self._saves,
+                "index": str(self._index),
+                "save_error": dict(self._save_error) if self._save_error else None,
+                "log_error": getattr(handler, "failed", None),
+                "disk": self._check_free_space()}
+
+    def _check_free_space(self, *, starting: bool = False) -> dict[str, Any] | None:
+        """The output disk's free space for the status; logs a warning when it falls
+        under ``output.warn_free_mib`` (once per fall)."""
+        out = self.config.output
+        free = free_bytes(self.output_dir)
+        if free is None:
+            return None
+        low = free < out.warn_free_mib * MIB
+        if low and (starting or not self._low_space):
+            log.warning("the output disk of %s has only %.0f MiB free (output.warn_free_mib "
+                        "%g)%s", self.output_dir, free / MIB, out.warn_free_mib,
+                        f"; recording stops at {out.min_free_mib:g} MiB" if self._recorder
+                        else "")
+        self._low_space = low
+        return {"free_mib": round(free / MIB, 1), "low": low,
+                "warn_free_mib": out.warn_free_mib, "min_free_mib": out.min_free_mib}
 
     # -- status --------------------------------------------------------------------------
 
@@ -1033,9 +1164,7 @@ class StackingService:
             stack=dict(self._stack_info),
             latency_s=self._stack_info.get("latency_s"),
             recording=self._recorder.as_dict() if self._recorder else None,
-            output={"directory": str(self.output_dir), "format": self.config.output.format,
-                    "last_saved": plain(self._last_save["path"]),
-                    "last_saved_time": self._last_save["time"]},
+            output=self._output_status(),
             endpoints=dataclasses.asdict(ep),
             curve=self.config.curve.enabled,
             params=params,

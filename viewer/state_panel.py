@@ -35,6 +35,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("aps", "APs"),
     ("latency", "Latency"),
     ("saved", "Last saved"),
+    ("disk", "Output disk"),
     ("stack", "Stack"),
     ("link", "Link"),
 )
@@ -96,6 +97,33 @@ def format_fill(value: Any) -> str:
     return f"{int(fill)} / {MISSING if size is None else int(size)}"
 
 
+def format_saved(output: Any) -> str:
+    """The last stack file saved, or the save error the daemon reports (with its count)."""
+    out = _map(output)
+    error = _map(out.get("save_error"))
+    saved = out.get("last_saved")
+    name = PurePath(saved).name if isinstance(saved, str) and saved else "not yet"
+    if not isinstance(error.get("message"), str):
+        return name
+    count = _number(error.get("count"))
+    times = "" if count is None or count < 2 else f" ({int(count)} times)"
+    return f"SAVE FAILED{times}: {error['message']}; last saved: {name}"
+
+
+def format_disk(output: Any, recording: Any) -> str:
+    """Free space of the output disk (``LOW`` under the daemon's threshold), and why a
+    recording stopped."""
+    disk = _map(_map(output).get("disk"))
+    free = _number(disk.get("free_mib"))
+    text = MISSING if free is None else f"{free:.0f} MiB free"
+    if free is not None and disk.get("low") is True:
+        text = f"LOW: {text} (warning under {disk.get('warn_free_mib')} MiB)"
+    stopped = _map(recording).get("failed")
+    if isinstance(stopped, str):
+        text += f"; recording stopped: {stopped}"
+    return text
+
+
 def format_sources(sources: Any, now: Any) -> str:
     """One line per sender: size and format, frames, gaps, age of its last frame."""
     if not isinstance(sources, Mapping):
@@ -141,8 +169,7 @@ def format_status(status: Mapping[str, Any]) -> dict[str, str]:
     """
     frames = _map(status.get("frames"))
     rates = _map(status.get("rates"))
-    output = _map(status.get("output"))
-    saved = output.get("last_saved")
+    output = status.get("output")
     return {
         "state": format_state(status),
         "sources": format_sources(status.get("sources"), status.get("time")),
@@ -155,7 +182,8 @@ def format_status(status: Mapping[str, Any]) -> dict[str, str]:
         "buffer": format_fill(status.get("buffer")),
         "aps": _count(status.get("aps")),
         "latency": format_seconds(status.get("latency_s")),
-        "saved": PurePath(saved).name if isinstance(saved, str) and saved else "not yet",
+        "saved": format_saved(output),
+        "disk": format_disk(output, status.get("recording")),
     }
 
 

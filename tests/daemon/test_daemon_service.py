@@ -7,6 +7,7 @@ stacking results are checked with the real LiveStacker in test_daemon_end_to_end
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +20,11 @@ import zmq
 
 from daemon import protocol
 from daemon.client import Message, NoAnswer, Subscriber, control_request
+from daemon.persist import read_index
 from daemon.security import ClientCurve, make_keys
 from daemon.service import StackingService
 from daemon.sources import FramePusher
+from live_stack.io.images import read_image
 
 #: Seconds any test waits for something to happen over a socket.
 WAIT = 10.0
@@ -285,19 +288,32 @@ def test_control_requests(svc: StackingService, zctx: zmq.Context, tmp_path: Pat
         push.send(np.ones((16, 16), np.uint8))
         _wait_for(lambda: _status(svc)["frames"]["processed"] == 1, "a frame")
 
-    saved = ask("save")
-    path = Path(saved["result"]["path"])
+    saved = ask("save")["result"]
+    path = Path(saved["path"])
     assert path.is_file() and path.parent == tmp_path / "out"
-    assert path.name == f"stack-{svc.session}.tif"
+    assert re.fullmatch(rf"stack-{svc.session}-0001-\d{{6}}\.tif", path.name), path.name
+    assert saved["number"] == 1 and Path(saved["index"]).name == f"stacks-{svc.session}.jsonl"
+    # an asked-for save always writes a new file, even of the same stack
+    again = Path(ask("save")["result"]["path"])
+    assert again != path and again.name.startswith(f"stack-{svc.session}-0002-")
+    assert np.array_equal(read_image(again)[0], read_image(path)[0])
 
     reset = ask("reset")["result"]
-    assert reset == {"saved": str(path), "segment": 2}
+    assert reset == {"saved": str(again), "segment": 2}  # unchanged: no third file
     assert _status(svc)["segment"] == 2
     with FramePusher(svc.endpoints.ingest, context=zctx) as push:
         push.send(np.ones((24, 24), np.uint8))  # a reset adopts the next frame's size
     _wait_for(lambda: _status(svc)["frames"]["processed"] == 2, "a frame after reset")
-    second = Path(ask("save")["result"]["path"])
-    assert second.name == f"stack-{svc.session}-2.tif" and second.is_file()
+    third = Path(ask("save")["result"]["path"])
+    assert third.name.startswith(f"stack-{svc.session}-0003-") and third.is_file()
+    index = read_index(Path(saved["index"]))
+    assert [r["file"] for r in index] == [path.name, again.name, third.name]
+    assert [r["segment"] for r in index] == [1, 1, 2]
+    assert [r["reason"] for r in index] == ["request"] * 3
+    assert index[0]["frames_processed"] == 1 and index[2]["frames_processed"] == 2
+    assert index[0]["params"]["gain"] == 2.0
+    st = _status(svc)["output"]
+    assert st["saves"] == 3 and st["last_saved"] == str(third) and st["save_error"] is None
 
 
 @pytest.mark.parametrize(

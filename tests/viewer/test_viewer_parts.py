@@ -221,7 +221,25 @@ def test_format_status_known_answer():
         "aps": "48",
         "latency": "432 ms",
         "saved": "stack-20250101-210000-002.tif",
+        "disk": MISSING,
     }
+
+
+def test_the_panel_shows_save_errors_low_disk_space_and_a_stopped_recording():
+    status = {**STATUS, "output": {
+        "last_saved": "/srv/out/stack-20250101-210000-0002-210500.tif",
+        "save_error": {"message": "cannot write stack-x.tif in /srv/out: No space left on "
+                       "device", "time": 1000.0, "first_time": 940.0, "count": 3},
+        "disk": {"free_mib": 12.4, "low": True, "warn_free_mib": 1024.0, "min_free_mib": 64.0},
+    }, "recording": {"failed": "the disk is nearly full: 63.9 MiB free"}}
+    texts = format_status(status)
+    assert texts["saved"] == ("SAVE FAILED (3 times): cannot write stack-x.tif in /srv/out: "
+                              "No space left on device; last saved: "
+                              "stack-20250101-210000-0002-210500.tif")
+    assert texts["disk"] == ("LOW: 12 MiB free (warning under 1024.0 MiB); recording stopped: "
+                             "the disk is nearly full: 63.9 MiB free")
+    ok = format_status({"output": {"disk": {"free_mib": 5000.0, "low": False}}})
+    assert ok["disk"] == "5000 MiB free" and ok["saved"] == "not yet"
 
 
 def test_format_status_of_an_empty_or_garbled_map():
