@@ -274,7 +274,11 @@ def ctl_main(argv: Sequence[str]) -> int:
     if args.command == "set":
         if len(args.args) != 2:
             return _error("ctl", "set takes NAME VALUE")
-        fields = {"name": args.args[0], "value": _parse_value(args.args[1])}
+        name, value = args.args[0], _parse_value(args.args[1])
+        try:  # what the daemon would refuse (some, like huge numbers, cannot even be sent)
+            fields = {"name": name, "value": check_live_value(name, value)}
+        except ValueError as exc:
+            return _error("ctl", f"set: {exc}")
     elif args.args:
         return _error("ctl", f"{args.command} takes no arguments, got {args.args}")
     try:

@@ -105,9 +105,9 @@ def check_live_value(name: str, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_VALUE:
-        digits = math.floor(value.bit_length() * math.log10(2)) + 1  # str() may refuse it
+        digits = math.floor(math.log10(abs(value))) + 1  # str() may refuse so many
         raise ValueError(f"{name} must be at most {MAX_INT_VALUE} in magnitude, got a number "
-                         f"of about {digits} digits")
+                         f"of {digits} digits")
     if isinstance(value, str) and len(value) > MAX_TEXT_VALUE:
         raise ValueError(f"{name}: a value of {len(value)} characters is not a parameter "
                          f"value (at most {MAX_TEXT_VALUE})")

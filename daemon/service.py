@@ -453,7 +453,8 @@ class StackingService:
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            raise ServiceError(f"cannot bind endpoints.{name} {endpoint}: {exc}") from None
+            raise ServiceError(f"cannot bind endpoints.{name} {endpoint}: "
+                               f"{zmq.strerror(exc.errno)}") from None
         return sock
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -1048,7 +1049,7 @@ class StackingService:
             save_stack(path, snap.image, metadata)
         except Exception as exc:  # OSError: disk full, read-only...; else a bug
             raise self._save_failed(f"cannot write {path.name} in {self.output_dir}", exc,
-                                    now) from None
+                                    now, stage="stack") from None
         self._saves = number
         self._saved_state = (taken.version, taken.params)
         self._last_save = {"path": path, "time": now}
@@ -1057,21 +1058,28 @@ class StackingService:
         except OSError as exc:
             raise self._save_failed(f"{path.name} was written but the index "
                                     f"{self._index.name} could not be updated", exc,
-                                    now) from None
+                                    now, stage="index") from None
         self._save_succeeded()
         log.info("stack saved to %s (%s; %d frames admitted)", path, reason, admitted)
         return path
 
-    def _save_failed(self, what: str, exc: Exception, when: float) -> SaveError:
-        """Record a failed save for the status; log it once (then count); the error."""
+    def _save_failed(self, what: str, exc: Exception, when: float, *,
+                     stage: str) -> SaveError:
+        """Record a failed save for the status; log it once (then count); the error.
+
+        A failure is logged again only when its ``stage`` (``stack`` or ``index``) or
+        its reason changes, not for each new file name.
+        """
         disk = isinstance(exc, OSError)
-        message = f"{what}: {describe_os_error(exc) if disk else repr(exc)}"
-        error = self._save_error or {"first_time": when, "count": 0, "message": None}
-        if error["message"] != message:
+        reason = describe_os_error(exc) if disk else repr(exc)
+        message = f"{what}: {reason}"
+        error = self._save_error or {"first_time": when, "count": 0, "key": None}
+        key = (stage, reason)
+        if error["key"] != key:
             log.error("saving the stack failed: %s (further failures are counted in the "
                       "status, and logged again when the error changes)", message,
                       exc_info=None if disk else exc)
-        self._save_error = {"message": message, "time": when,
+        self._save_error = {"message": message, "time": when, "key": key,
                             "first_time": error["first_time"], "count": error["count"] + 1}
         return SaveError(message, no_room=isinstance(exc, OSError) and exc.errno in NO_ROOM)
 
@@ -1097,7 +1105,8 @@ class StackingService:
                 "last_saved": plain(self._last_save["path"]),
                 "last_saved_time": self._last_save["time"], "saves": self._saves,
                 "index": str(self._index),
-                "save_error": dict(self._save_error) if self._save_error else None,
+                "save_error": None if self._save_error is None else {
+                    k: v for k, v in self._save_error.items() if k != "key"},
                 "log_error": getattr(handler, "failed", None),
                 "disk": self._check_free_space()}
 

@@ -123,6 +123,7 @@ class Daemon:
 
     def __init__(self, process: Process, endpoints: dict[str, str], output: Path) -> None:
         self.process = process
+        self.endpoints = endpoints
         self.ingest = endpoints["ingest"]
         self.control = endpoints["control"]
         self.output = output
@@ -155,18 +156,27 @@ class Daemon:
 
 
 @pytest.fixture
-def live_daemon(run_live_stack: Callable[..., Process], tmp_path: Path) -> Iterator[Daemon]:
+def start_daemon(run_live_stack: Callable[..., Process]) -> Callable[..., Daemon]:
+    """``start_daemon(output, *args)``: a ``live-stack daemon ARGS`` process writing into
+    ``output``, on free loopback ports (not waited for: see :meth:`Daemon.status`)."""
+
+    def start(output: Path, *args: str, endpoints: dict[str, str] | None = None) -> Daemon:
+        ep = endpoints or {n: f"tcp://127.0.0.1:{_free_port()}"
+                           for n in ("ingest", "publish", "control")}
+        proc = run_live_stack("daemon", "--ingest", ep["ingest"], "--publish", ep["publish"],
+                              "--control", ep["control"], "--output", str(output), *args)
+        return Daemon(proc, ep, output)
+
+    return start
+
+
+@pytest.fixture
+def live_daemon(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[Daemon]:
     """A running daemon (real live stacker), answering ``status``; stopped at teardown."""
-    endpoints = {n: f"tcp://127.0.0.1:{_free_port()}" for n in ("ingest", "publish", "control")}
-    out = tmp_path / "daemon-out"
-    proc = run_live_stack("daemon", "--ingest", endpoints["ingest"], "--publish",
-                          endpoints["publish"], "--control", endpoints["control"],
-                          "--output", str(out), "--save-interval", "0",
-                          "--queue-size", "1000")
-    d = Daemon(proc, endpoints, out)
+    d = start_daemon(tmp_path / "daemon-out", "--save-interval", "0", "--queue-size", "1000")
     d.status(timeout=START)
     yield d
-    proc.stop()
+    d.process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -198,3 +208,47 @@ def watched(tmp_path: Path) -> Path:
     folder = tmp_path / "watched"
     folder.mkdir()
     return folder
+
+
+class FrameFeed:
+    """A thread pushing frames to a daemon's ingest, over and over, until :meth:`stop`."""
+
+    def __init__(self, endpoint: str, frames: list[Any], *, fps: float, curve: Any) -> None:
+        from daemon.sources import FramePusher
+
+        self._stop = threading.Event()
+        self.sent = 0
+        self._push = FramePusher(endpoint, source="feed", curve=curve, stop=self._stop)
+        self._frames, self._period = frames, 1.0 / fps
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.wait(self._period):
+            if not self._push.send(self._frames[k % len(self._frames)], capture_time=time.time()):
+                break
+            self.sent += 1
+            k += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+        self._push.close(flush=0)
+
+
+@pytest.fixture
+def frame_feed() -> Iterator[Callable[..., FrameFeed]]:
+    """``frame_feed(endpoint, frames, *, fps=50, curve=None)``: frames pushed in a loop by
+    a thread (with capture times of now); stopped at teardown."""
+    feeds: list[FrameFeed] = []
+
+    def start(endpoint: str, frames: list[Any], *, fps: float = 50.0,
+              curve: Any = None) -> FrameFeed:
+        feed = FrameFeed(endpoint, frames, fps=fps, curve=curve)
+        feeds.append(feed)
+        return feed
+
+    yield start
+    for feed in feeds:
+        feed.stop()
