@@ -50,6 +50,11 @@ from live_stack.simulate.seeing import (
     seeing_params,
     truth_view,
 )
+from live_stack.simulate.turbulence import (
+    TurbulenceParams,
+    iter_physical_frames,
+    physical_margin,
+)
 
 __all__ = [
     "CaptureInfo",
@@ -60,6 +65,7 @@ __all__ = [
     "SEEING_PRESETS",
     "SeeingParams",
     "SimFrame",
+    "TurbulenceParams",
     "canvas_margin",
     "global_offsets",
     "iter_frames",
@@ -103,9 +109,10 @@ class CaptureInfo:
     bits: int  # 8 or 16
     colour: bool  # RGB frames (else mono)
     seed: int  # the seed
-    params: SeeingParams  # the seeing and camera model
+    params: SeeingParams | TurbulenceParams  # the seeing and camera model
     offsets: np.ndarray  # float64 (frames, 2): per-frame (dy, dx), see OFFSET_CONVENTION
-    blur_sigma: np.ndarray  # float64 (frames,): per-frame median seeing blur sigma, px
+    blur_sigma: np.ndarray  # float64 (frames,): per-frame median blur sigma (physical
+    # model: seeing FWHM lambda / r0), px
     timestamps: np.ndarray  # float64 (frames,): Unix seconds
 
 
@@ -119,7 +126,7 @@ def simulate_capture(
     width: int = 640,
     height: int = 480,
     drift: float | None = None,
-    seeing: str | SeeingParams = "normal",
+    seeing: str | SeeingParams | TurbulenceParams = "normal",
     colour: bool = False,
     fps: float = DEFAULT_FPS,
     start_time: float = DEFAULT_START_TIME,
@@ -144,9 +151,12 @@ def simulate_capture(
         Frame size in pixels.
     drift : float, optional
         Total drift over the run in pixels; overrides the seeing's ``drift_px``.
-    seeing : str or SeeingParams
+    seeing : str, SeeingParams or TurbulenceParams
         A preset name (``"good"``, ``"normal"``, ``"poor"``, ``"worsening"``) or the
-        full parameters.
+        full parameters of the warp-and-blur model; or the parameters of the physical
+        model (:mod:`live_stack.simulate.turbulence`: layered von Karman turbulence,
+        short-exposure PSFs, Poisson and read noise; mono only; ``drift`` overrides its
+        ``drift_px``; its offsets are not made zero-mean).
     colour : bool
         Write RGB frames (SER layout ``"rgb"``) and an RGB truth.
     fps : float
@@ -169,9 +179,12 @@ def simulate_capture(
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
-    if isinstance(seeing, SeeingParams):
+    physical = isinstance(seeing, TurbulenceParams)
+    if physical and colour:
+        raise ValueError("colour: the physical seeing model renders mono frames only")
+    if isinstance(seeing, (SeeingParams, TurbulenceParams)):
         params = seeing
-        seeing_name = "custom"
+        seeing_name = "physical" if physical else "custom"
     else:
         params = seeing_params(seeing)
         seeing_name = seeing
@@ -185,8 +198,12 @@ def simulate_capture(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 16:
             raise ValueError(f"{name} must be an integer >= 16, got {value!r}")
 
-    offsets = global_offsets(frames=frames, params=params, seed=seed)
-    margin = canvas_margin(offsets, params)
+    if physical:
+        offsets = np.zeros((frames, 2))  # filled in as the frames are rendered
+        margin = physical_margin(params, frames)
+    else:
+        offsets = global_offsets(frames=frames, params=params, seed=seed)
+        margin = canvas_margin(offsets, params)
     canvas = render_scene(
         scene,
         width=int(width) + 2 * margin,
@@ -213,16 +230,18 @@ def simulate_capture(
         observer="live-stack simulate",
         instrument=f"simulated {scene}",
     ) as writer:
-        for sim in iter_sim_frames(
+        make = iter_physical_frames if physical else iter_sim_frames
+        for sim in make(
             canvas,
             frames=frames,
-            params=params,
+            params=params,  # type: ignore[arg-type]
             seed=seed,
             bits=bits,
             frame_shape=(int(height), int(width)),
         ):
             writer.write(sim.image, float(timestamps[sim.index]))
             sigmas[sim.index] = sim.blur_sigma
+            offsets[sim.index] = sim.offset
 
     description = {
         "scene": scene,

@@ -5,6 +5,13 @@
     live-stack simulate SCENE --frames N -o DIR [--seed S] [--bits 8|16]
                         [--size WxH] [--drift PX] [--seeing good|normal|poor|worsening]
                         [--colour] [--fps F]
+    live-stack simulate SCENE --frames N -o DIR --seeing physical [--d-r0 5]
+                        [--electrons 2000] [--read-noise 2] [--layers 0:0.6,1500:0.25,8000:0.15]
+                        [--wind 2:0,6:70,15:160] [--drift PX] [--bits 8|16] [--size WxH]
+
+``--seeing physical`` is the physical model (:mod:`live_stack.simulate.turbulence`):
+von Karman layers moving with the wind, anisoplanatic short-exposure PSFs, breathing
+seeing, mount drift, Poisson and read noise (mono frames).
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from collections.abc import Sequence
 from live_stack.simulate import DEFAULT_FPS, simulate_capture
 from live_stack.simulate.scenes import MAX_SIZE, SCENES
 from live_stack.simulate.seeing import BITS, SEEING_PRESETS
+from live_stack.simulate.turbulence import TurbulenceParams
+
+#: The physical model's name for ``--seeing``.
+PHYSICAL = "physical"
 
 PROG = "live-stack simulate"
 #: Exit code for bad arguments (as argparse uses).
@@ -81,6 +92,41 @@ def _float(text: str, *, positive: bool) -> float:
     return value
 
 
+def _pairs(text: str) -> tuple[tuple[float, float], ...]:
+    pairs = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"must be A:B pairs separated by commas, got "
+                                             f"{text!r}")
+        try:
+            a, b = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must hold numbers, got {item!r}") from None
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+def _turbulence(args: argparse.Namespace) -> TurbulenceParams:
+    """The physical model's parameters from the command line (ValueError if bad)."""
+    fields: dict[str, object] = {}
+    if args.d_r0 is not None:
+        fields["d_over_r0"] = args.d_r0
+    if args.electrons is not None:
+        fields["electrons"] = args.electrons
+    if args.read_noise is not None:
+        fields["read_noise"] = args.read_noise
+    if args.layers is not None:
+        fields["layer_heights_m"] = tuple(h for h, _ in args.layers)
+        fields["layer_weights"] = tuple(w for _, w in args.layers)
+        if args.wind is None:
+            raise ValueError("--layers needs --wind with one speed:direction per layer")
+    if args.wind is not None:
+        fields["wind_mps"] = tuple(v for v, _ in args.wind)
+        fields["wind_deg"] = tuple(d for _, d in args.wind)
+    return TurbulenceParams(**fields)  # type: ignore[arg-type]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -102,7 +148,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PX",
         help="total drift over the run in pixels (default 0)",
     )
-    p.add_argument("--seeing", choices=SEEING_PRESETS, default="normal", help="seeing preset")
+    p.add_argument("--seeing", choices=(*SEEING_PRESETS, PHYSICAL), default="normal",
+                   help="seeing preset, or 'physical' for the physical turbulence model")
+    defaults = TurbulenceParams()
+    p.add_argument("--d-r0", type=lambda t: _float(t, positive=True), default=None,
+                   metavar="F", help=f"physical: aperture over Fried parameter, D/r0 "
+                   f"(default {defaults.d_over_r0:g})")
+    p.add_argument("--electrons", type=lambda t: _float(t, positive=True), default=None,
+                   metavar="E", help=f"physical: electrons in a full-brightness pixel "
+                   f"(default {defaults.electrons:g})")
+    p.add_argument("--read-noise", type=lambda t: _float(t, positive=False), default=None,
+                   metavar="E", help=f"physical: read noise, electrons RMS (default "
+                   f"{defaults.read_noise:g})")
+    p.add_argument("--layers", type=_pairs, default=None, metavar="H:W,...",
+                   help="physical: turbulent layers as height_m:weight (default "
+                   + ",".join(f"{h:g}:{w:g}" for h, w in zip(defaults.layer_heights_m,
+                                                              defaults.layer_weights,
+                                                              strict=True)) + ")")
+    p.add_argument("--wind", type=_pairs, default=None, metavar="V:DEG,...",
+                   help="physical: each layer's wind as speed_mps:direction_deg (default "
+                   + ",".join(f"{v:g}:{d:g}" for v, d in zip(defaults.wind_mps,
+                                                             defaults.wind_deg,
+                                                             strict=True)) + ")")
     p.add_argument("--colour", action="store_true", help="RGB frames instead of mono")
     p.add_argument(
         "--fps",
@@ -125,7 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     width, height = args.size
     start = time.perf_counter()
+    physical_only = [name for name in ("d_r0", "electrons", "read_noise", "layers", "wind")
+                     if getattr(args, name) is not None]
+    if physical_only and args.seeing != PHYSICAL:
+        print(f"{PROG}: error: --{physical_only[0].replace('_', '-')} needs --seeing "
+              f"{PHYSICAL}", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        seeing = _turbulence(args) if args.seeing == PHYSICAL else args.seeing
         info = simulate_capture(
             args.scene,
             frames=args.frames,
@@ -135,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             width=width,
             height=height,
             drift=args.drift,
-            seeing=args.seeing,
+            seeing=seeing,
             colour=args.colour,
             fps=args.fps,
         )

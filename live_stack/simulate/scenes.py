@@ -12,6 +12,11 @@ features at the same size, only over a wider field; the scene is centred on the 
   belts and zones, an oval spot and limb darkening, plus a small moon beside it, on black
   sky.
 * ``"sun"``: photospheric granulation with a sunspot (umbra and filamentary penumbra).
+* ``"mare"``: a low-contrast lunar mare under a high sun: the Moon's terrain with its
+  contrast brought down to :data:`MARE_CONTRAST` (RMS) around a mid grey, the kind of
+  field whose correlation peaks are weak.
+* ``"terminator"``: the cratered Moon with the terminator crossing the field: the light
+  fades into night over the last part of the field (long shadows beside darkness).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from live_stack.frames import LUMA_WEIGHTS
 __all__ = ["SCENES", "render_scene"]
 
 #: The scene names :func:`render_scene` knows.
-SCENES = ("moon", "planet", "sun")
+SCENES = ("moon", "planet", "sun", "mare", "terminator")
 
 #: Smallest canvas side, in pixels.
 MIN_SIZE = 16
@@ -59,6 +64,14 @@ MOON_FLAT_LEVEL = 0.45
 MOON_SHADOW_LEVEL = 0.03
 #: RGB tint of the colour Moon.
 MOON_TINT = (1.0, 0.96, 0.90)
+
+#: "mare": RMS contrast of the surface around its mean level, and that level.
+MARE_CONTRAST = 0.04
+MARE_LEVEL = 0.55
+#: "terminator": where the night begins (fraction of the width from the lit side) and the
+#: width of the twilight band (fraction of ``scale``).
+TERMINATOR_AT = 0.78
+TERMINATOR_WIDTH = 0.12
 
 # --- Planet -----------------------------------------------------------------------------
 #: Equatorial radius of the disk as a fraction of ``scale`` (disk 40 % of the frame).
@@ -163,8 +176,15 @@ def render_scene(
         rgb = _planet(rng, shape, float(scale))
         image = rgb if colour else _luma(rgb)
     else:
-        mono = _moon(rng, shape, float(scale)) if name == "moon" else _sun(rng, shape, float(scale))
-        tint = MOON_TINT if name == "moon" else SUN_TINT
+        if name == "sun":
+            mono = _sun(rng, shape, float(scale))
+        else:
+            mono = _moon(rng, shape, float(scale))
+            if name == "mare":
+                mono = _low_contrast(mono)
+            elif name == "terminator":
+                mono = _terminator(mono, float(scale))
+        tint = SUN_TINT if name == "sun" else MOON_TINT
         image = _tint(mono, tint) if colour else mono
     return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
 
@@ -270,6 +290,20 @@ def _moon(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.
     image = albedo * shade + MOON_SHADOW_LEVEL * albedo
     # soft shoulder instead of a hard clip for the brightest slopes
     return (1.0 - np.exp(-image * 1.6)) / (1.0 - math.exp(-1.6))
+
+
+def _low_contrast(image: np.ndarray) -> np.ndarray:
+    """The image with RMS contrast :data:`MARE_CONTRAST` around :data:`MARE_LEVEL`."""
+    mean = float(image.mean())
+    std = max(float(image.std()), 1e-6)
+    return MARE_LEVEL * (1.0 + MARE_CONTRAST * (image - mean) / std)
+
+
+def _terminator(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image faded into night beyond :data:`TERMINATOR_AT` of its width."""
+    w = image.shape[1]
+    x = (np.arange(w, dtype=np.float32) - TERMINATOR_AT * w) / (TERMINATOR_WIDTH * scale)
+    return image * (1.0 - _smoothstep(x + 0.5))[None, :]
 
 
 def _sunlit(height: np.ndarray, tan_elev: float) -> np.ndarray:

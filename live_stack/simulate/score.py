@@ -32,7 +32,7 @@ import numpy as np
 
 from live_stack.frames import luminance, to_float32
 
-__all__ = ["Score", "gradient_energy", "psnr", "register", "score", "ssim"]
+__all__ = ["Score", "gradient_energy", "noise_evenness", "psnr", "register", "score", "ssim"]
 
 #: SSIM constants (Wang et al. 2004) for a data range of 1.0.
 SSIM_K1 = 0.01
@@ -57,6 +57,12 @@ MAX_CONDITION = 1e12
 REGISTER_BLUR = 1.0
 #: Default pre-blur sigma (px) of :func:`gradient_energy`.
 GRADIENT_BLUR = 1.0
+#: :func:`noise_evenness`: default tile side (px), the lowest frequency (cycles per pixel,
+#: both axes) of the band the noise is measured in, and the share of the truth's
+#: brightest tile below which a tile counts as sky and is left out.
+EVENNESS_TILE = 32
+EVENNESS_BAND = 0.3
+EVENNESS_MIN_LEVEL = 0.1
 
 
 @dataclass(frozen=True)
@@ -361,3 +367,70 @@ def gradient_energy(image: np.ndarray, *, sigma: float = GRADIENT_BLUR) -> float
     gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     return float(np.mean(gx.astype(np.float64) ** 2 + gy.astype(np.float64) ** 2))
+
+
+def noise_evenness(stack: np.ndarray, truth: np.ndarray, *, tile: int = EVENNESS_TILE,
+                   border: int = 16) -> float:
+    """How unevenly the noise of a stack is spread: 0 for noise alike everywhere.
+
+    The stack is registered on the truth (as by :func:`score`) and cut into whole
+    ``tile x tile`` tiles. The noise of each tile is measured where the image holds
+    almost nothing but noise: the median power of the Hann-windowed tile's spectrum
+    where both frequencies are at least :data:`EVENNESS_BAND` cycles per pixel (beyond
+    what seeing and the optics pass; the median is robust to what signal is left). Each
+    tile's noise level is divided by the square root of the truth's mean brightness in
+    the tile (photon noise grows so), tiles darker than :data:`EVENNESS_MIN_LEVEL` of the
+    brightest are left out (sky), and the result is the coefficient of variation
+    (standard deviation over mean) of those values. A stack whose AP boxes hold
+    different numbers of frames scores high.
+
+    Parameters
+    ----------
+    stack, truth : numpy.ndarray
+        As for :func:`score` (colour is reduced to luminance).
+    tile : int
+        Tile side in pixels (8 or more), about an AP box.
+    border : int
+        Pixels left out on each side of the overlap (>= 0).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For a bad ``tile`` or ``border``, images that cannot be registered, or fewer than
+        two tiles on the object.
+    """
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 8:
+        raise ValueError(f"tile must be an integer >= 8, got {tile!r}")
+    if isinstance(border, bool) or not isinstance(border, (int, np.integer)) or border < 0:
+        raise ValueError(f"border must be an integer >= 0, got {border!r}")
+    s = luminance(_as_float(stack, "stack"))
+    t = luminance(_as_float(truth, "truth"))
+    sy, sx = register(s, t)
+    ys, xs = _overlap(s.shape, t.shape, sy, sx)
+    moved = _shift_image(t, s.shape, sy, sx)
+    a = s[ys, xs][border:-border or None, border:-border or None].astype(np.float64)
+    b = moved[ys, xs][border:-border or None, border:-border or None].astype(np.float64)
+    ty, tx = a.shape[0] // tile, a.shape[1] // tile
+    if ty * tx < 2:
+        raise ValueError(f"the compared area {a.shape[1]}x{a.shape[0]} holds fewer than two "
+                         f"{tile}-pixel tiles")
+    cut = (slice(0, ty * tile), slice(0, tx * tile))
+    tiles = a[cut].reshape(ty, tile, tx, tile).transpose(0, 2, 1, 3).reshape(-1, tile, tile)
+    level = b[cut].reshape(ty, tile, tx, tile).mean(axis=(1, 3)).ravel()
+    w = np.hanning(tile + 2)[1:-1]
+    window = np.outer(w, w)
+    spec = np.fft.rfft2((tiles - tiles.mean(axis=(1, 2), keepdims=True)) * window)
+    fy = np.abs(np.fft.fftfreq(tile))
+    fx = np.fft.rfftfreq(tile)
+    band = (fy[:, None] >= EVENNESS_BAND) & (fx[None, :] >= EVENNESS_BAND)
+    power = np.abs(spec[:, band]) ** 2
+    noise = np.sqrt(np.median(power, axis=1))
+    lit = level >= EVENNESS_MIN_LEVEL * float(level.max())
+    if int(lit.sum()) < 2:
+        raise ValueError("fewer than two tiles lie on the object")
+    values = noise[lit] / np.sqrt(level[lit])
+    return float(values.std() / values.mean())
