@@ -9,6 +9,19 @@ Gaussian (of ``peak_sigma`` pixels), for which that fit is unbiased, and keeps p
 noise out of the estimate. The target's windowed spectrum is computed once and reused
 for every frame (:class:`Target`).
 
+At low signal-to-noise plain whitening gives every frequency the same say, also the many
+where the patch holds nothing but photon noise, and the peak drowns. So the whitened
+cross-power spectrum is further weighted by the expected signal-to-noise of each
+frequency, a Wiener taper ``S / (S + N)``: ``N`` is the patch's white noise floor,
+measured on the patch itself (the median power of its highest frequencies, where seeing
+leaves no signal), ``S`` the signal power: the target's spectrum less its own noise
+floor, scaled to the patch's signal (its power above the noise floor, summed), so that
+the units and the window of the patch do not matter. Each peak is also given in units
+of its noise (:attr:`Shifts.snr`): with the weights ``c`` of the frequencies, a
+pure-noise patch gives a correlation surface of standard deviation ``sqrt(sum c**2)``
+against a perfect match's ``sum c``, so the test of a peak can be calibrated against
+noise instead of a fixed strength.
+
 Shift convention: a measured shift ``(dy, dx)`` means the patch content sits at
 ``target(y - dy, x - dx)``, i.e. the frame is displaced by ``+(dy, dx)``.
 """
@@ -24,6 +37,12 @@ from live_stack.fft import irfft2, rfft2
 
 #: Small constant keeping the spectrum normalisation finite on empty frequencies.
 _EPS = 1e-12
+#: The noise floor of a patch is measured where both frequencies are at least this many
+#: cycles per pixel (the corner of the spectrum: no signal after the seeing, and away
+#: from the axes, where an unwindowed patch's edges leak).
+NOISE_BAND = 0.3
+#: Median over mean of exponentially distributed powers (the noise's): ln 2.
+_MEDIAN_OF_EXP = float(np.log(2.0))
 #: The correlation surface is computed only in the search window (two small matrix
 #: products) when the window's side is at most the patch side divided by this; a larger
 #: window is cheaper by the whole inverse transform.
@@ -57,6 +76,36 @@ def gaussian_lowpass(size: int, sigma: float) -> np.ndarray:
     return g
 
 
+@lru_cache(maxsize=16)
+def _noise_band(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the half-spectrum's noise band (see NOISE_BAND)."""
+    fy = np.abs(np.fft.fftfreq(size))
+    fx = np.fft.rfftfreq(size)
+    rows, cols = np.flatnonzero(fy >= NOISE_BAND), np.flatnonzero(fx >= NOISE_BAND)
+    return rows, cols
+
+
+@lru_cache(maxsize=16)
+def _mirror(size: int) -> np.ndarray:
+    """Weights of the half-spectrum's columns in sums over the whole spectrum (cached)."""
+    kx = np.arange(size // 2 + 1)
+    w = np.where((kx == 0) | (2 * kx == size), 1.0, 2.0).astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+def noise_floor(spectra: np.ndarray) -> np.ndarray:
+    """White-noise power per frequency of half-spectra ``(k, n, n // 2 + 1)``: ``(k,)``.
+
+    The mean power of the noise, from the median power in the spectrum's corner (see
+    :data:`NOISE_BAND`).
+    """
+    rows, cols = _noise_band(spectra.shape[-2])
+    corner = spectra[:, rows[:, None], cols[None, :]].reshape(len(spectra), -1)
+    power = corner.real**2 + corner.imag**2
+    return np.median(power, axis=1) / _MEDIAN_OF_EXP
+
+
 def _prepare(patches: np.ndarray) -> np.ndarray:
     """Mean-subtract and window a batch of square patches ``(..., n, n)``."""
     p = patches.astype(np.float32, copy=True)
@@ -77,15 +126,26 @@ class Target:
     size : int
         Patch side ``n``.
     norm : float
-        Peak height of a perfect match, used to express peak strengths in ``[0, 1]``.
+        Peak height of a perfect match, used to express peak strengths in ``[0, 1]``
+        (without the signal-to-noise weights).
+    power : numpy.ndarray or None
+        float32 ``(m, n, n // 2 + 1)``: each target's signal power per frequency (its
+        windowed spectrum's power less its noise floor, at least 0) over its sum, for
+        the signal-to-noise weights; None: plain whitening.
+    spread : float
+        The root of the summed squared low-pass (whole spectrum, zero frequency left
+        out): a pure-noise surface's standard deviation times ``n**2`` (unweighted).
     """
 
     spectrum: np.ndarray
     size: int
     norm: float
+    power: np.ndarray | None = None
+    spread: float = 1.0
 
 
-def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0) -> Target:
+def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0,
+                weighted: bool = False) -> Target:
     """Prepare target patches ``(m, n, n)`` (or one ``(n, n)``) for :func:`correlate`.
 
     Parameters
@@ -94,6 +154,9 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0) -> Target:
         Square patches, float or integer.
     peak_sigma : float
         Width in pixels of the correlation peak after the low-pass filter.
+    weighted : bool
+        Weight the frequencies by their expected signal-to-noise (the module docstring);
+        else plain whitening.
 
     Returns
     -------
@@ -106,12 +169,22 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0) -> Target:
         raise ValueError(f"patches must be square, (m, n, n); got shape {patches.shape}")
     n = patches.shape[-1]
     spec = rfft2(_prepare(patches))
+    power = None
+    if weighted:
+        floor = noise_floor(spec)
+        power = spec.real**2 + spec.imag**2
+        power -= floor[:, None, None].astype(power.dtype)
+        np.maximum(power, 0.0, out=power)
+        total = (power * _mirror(n)).sum(axis=(1, 2), keepdims=True)
+        power = (power / np.maximum(total, _EPS)).astype(np.float32)
     spec = np.conj(spec) / (np.abs(spec) + _EPS)
     low = gaussian_lowpass(n, peak_sigma)
     spec = (spec * low).astype(np.complex64)
     # Peak of the inverse real FFT of the low-pass itself (full Hermitian sum / n^2).
     norm = float(irfft2(low.astype(np.complex128), (n, n))[0, 0])
-    return Target(spectrum=spec, size=n, norm=norm)
+    low2 = np.square(low, dtype=np.float64) * _mirror(n)
+    spread = float(np.sqrt(low2.sum() - low2[0, 0]))
+    return Target(spectrum=spec, size=n, norm=norm, power=power, spread=spread)
 
 
 @dataclass(frozen=True)
@@ -125,11 +198,17 @@ class Shifts:
     strength : numpy.ndarray
         float64 ``(m,)`` peak height relative to a perfect match (about 1 for identical
         content, near 0 for unrelated content).
+    snr : numpy.ndarray or None
+        float64 ``(m,)`` peak height in standard deviations of the correlation surface
+        of a pure-noise patch with the same frequency weights (``strength`` times the
+        square root of their effective number); a pure-noise patch's highest peak in the
+        search window is below 4.5 but for about one in a thousand.
     """
 
     dy: np.ndarray
     dx: np.ndarray
     strength: np.ndarray
+    snr: np.ndarray | None = None
 
 
 def correlate(
@@ -201,10 +280,13 @@ def correlate_spectra(
     # whiten: multiply by 1 / |spec| (dividing the complex array by the real one costs
     # about 2.5 times as much: a complex division per element)
     inv = np.abs(spec).astype(np.float32, copy=False)
+    weights = None if target.power is None else _snr_weights(spec, inv, target, idx)
     inv += _EPS
     np.reciprocal(inv, out=inv)
     cross *= inv
     cross[:, 0, 0] = 0.0
+    if weights is not None:
+        cross *= weights
     limit = n // 2 - 2 if max_shift is None else int(np.ceil(max_shift)) + 1
     limit = max(1, min(limit, n // 2 - 2))
     # the search window around zero shift, with a one-pixel rim for the sub-pixel fit
@@ -225,8 +307,49 @@ def correlate_spectra(
     dx = _log_parabola(win[rows, py, px - 1], peak, win[rows, py, px + 1])
     sy = py - (limit + 1) + dy
     sx = px - (limit + 1) + dx
-    strength = peak / target.norm if target.norm > 0 else peak
-    return Shifts(dy=sy.astype(np.float64), dx=sx.astype(np.float64), strength=strength)
+    n2 = float(n * n)
+    if weights is None:
+        strength = peak / target.norm if target.norm > 0 else peak
+        snr = peak * (n2 / target.spread)
+    else:
+        # the magnitudes of the frequencies' terms: their sum is a perfect match's peak,
+        # the root of their squares' sum a pure-noise surface's standard deviation (both
+        # times n^2)
+        mags = np.abs(target.spectrum[idx])
+        mags *= weights
+        mags[:, 0, 0] = 0.0
+        mags *= _mirror(n)
+        total = mags.sum(axis=(1, 2), dtype=np.float64)
+        mags *= mags
+        mags /= _mirror(n)
+        spread = np.sqrt(mags.sum(axis=(1, 2), dtype=np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            strength = np.where(total > 0, peak * n2 / total, 0.0)
+            snr = np.where(spread > 0, peak * n2 / spread, 0.0)
+    return Shifts(dy=sy.astype(np.float64), dx=sx.astype(np.float64),
+                  strength=np.asarray(strength, dtype=np.float64),
+                  snr=np.asarray(snr, dtype=np.float64))
+
+
+def _snr_weights(spec: np.ndarray, mag: np.ndarray, target: Target,
+                 idx: np.ndarray) -> np.ndarray:
+    """The Wiener taper ``S / (S + N)`` of each patch's frequencies, ``(k, n, n//2+1)``.
+
+    ``mag`` is ``|spec|``. ``N`` is each patch's noise floor; ``S`` the target's signal
+    power shape scaled to the patch's signal power (its power above the floor, summed).
+    """
+    n = target.size
+    floor = noise_floor(spec)
+    mirror = _mirror(n)
+    power = (np.square(mag, dtype=np.float32) * mirror).sum(axis=(1, 2), dtype=np.float64)
+    power -= mag[:, 0, 0].astype(np.float64) ** 2  # the mean is no signal for the shift
+    count = n * n - 1
+    signal = np.maximum(power - count * floor, 0.0)  # the patch's summed signal power
+    s = target.power[idx]  # a gathered copy, scaled in place
+    s *= (signal / np.maximum(floor, _EPS)).astype(np.float32)[:, None, None]
+    den = s + np.float32(1.0)
+    s /= den
+    return s
 
 
 def _inverse_window(cross: np.ndarray, n: int, radius: int) -> np.ndarray:

@@ -58,9 +58,9 @@ from live_stack.local import (
     LocalParams,
     extract,
     inside,
-    judge,
     make_ap_targets,
     parse_stack_size,
+    resolve,
 )
 from live_stack.normalize import NormalizeParams
 from live_stack.parallel import split_run
@@ -870,18 +870,20 @@ class LiveStacker:
         found = [p[1] for p in parts if p[1] is not None]
         if found:
             r = Shifts(dy=_concat([f.dy for f in found]), dx=_concat([f.dx for f in found]),
-                       strength=_concat([f.strength for f in found]))
+                       strength=_concat([f.strength for f in found]),
+                       snr=_concat([f.snr for f in found]))
             where = np.flatnonzero(new)
             for slot, a, b in _runs(pair_slot[where]):
                 aps = pair_aps[where[a:b]]
-                ok = judge(r.dy[a:b], r.dx[a:b], r.strength[a:b], aps, grid,
-                           self._params.local)
+                # an untrusted shift falls back (local.resolve): every pair is stacked
+                dy, dx, fell = resolve(r.dy[a:b], r.dx[a:b], r.strength[a:b], aps, grid,
+                                       self._params.local, snr=r.snr[a:b])
                 state.measured[slot, aps] = True
-                state.okm[slot, aps] = ok
-                state.dy[slot, aps] = r.dy[a:b] + state.offset[aps, 0]
-                state.dx[slot, aps] = r.dx[a:b] + state.offset[aps, 1]
+                state.okm[slot, aps] = True
+                state.dy[slot, aps] = dy + state.offset[aps, 0]
+                state.dx[slot, aps] = dx + state.offset[aps, 1]
                 self._local_measured += len(aps)
-                self._local_failed += int((~ok).sum())
+                self._local_failed += int(fell.sum())
         use = state.okm[pair_slot, pair_aps]
         if not use.any():
             return
@@ -993,9 +995,12 @@ class LiveStacker:
         aps = np.arange(len(grid))
         found = correlate(extract(lum, grid.centres, grid.fft_size), state.targets,
                           index=aps, max_shift=grid.search)
-        moved = ((found.strength >= local.min_strength) & (np.abs(found.dy) < grid.search)
+        moved = ((found.strength >= local.min_strength) & (found.snr >= local.min_snr)
+                 & (np.abs(found.dy) < grid.search)
                  & (np.abs(found.dx) < grid.search))
         targets.spectrum[~moved] = state.targets.spectrum[~moved]
+        if targets.power is not None and state.targets.power is not None:
+            targets.power[~moved] = state.targets.power[~moved]
         state.offset[moved, 0] += found.dy[moved]
         state.offset[moved, 1] += found.dx[moved]
         state.targets = targets

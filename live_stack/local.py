@@ -5,10 +5,13 @@ another, and each part is displaced differently. So the frames are ranked again 
 alignment point by the detail energy inside the AP's box (looked up from the per-frame
 quality cells, at the box's globally aligned position), the best ones are selected per
 AP, and each selected frame's residual shift at the AP is measured against the
-reference by band-limited phase correlation. A shift is left out when its correlation
-peak is weak, when it reaches the search limit, or when it disagrees with the shifts of
-the neighbouring APs in the same frame (local warps are smooth; a lone outlier is a
-mis-measurement).
+reference by band-limited phase correlation. A shift is not trusted when its
+correlation peak is weak against the noise, when it reaches the search limit, or when it
+disagrees with the shifts of the neighbouring APs in the same frame (local warps are
+smooth; a lone outlier is a mis-measurement); an untrusted shift is not a reason to
+leave the frame out of the AP's stack (which would give boxes of different frame
+counts, and so of different noise): :func:`resolve` replaces it by its neighbours'
+shifts, or the frame's global shift.
 """
 
 from __future__ import annotations
@@ -28,24 +31,36 @@ from live_stack.quality import Ranking, box_quality
 QUALITY_CHUNK = 256
 
 
+#: Ways an untrusted local shift is replaced (``LocalParams.fallback``).
+FALLBACKS = ("neighbours", "global")
+
+
 @dataclass(frozen=True)
 class LocalParams:
     """Parameters of per-AP alignment (CLI/config prefix ``local_``)."""
 
     peak_sigma: float = 1.2  # width in pixels of the low-passed correlation peak
-    min_strength: float = 0.15  # weaker AP correlation peaks (0..1) are left out
+    min_strength: float = 0.0  # weaker AP correlation peaks (0..1) are not trusted
+    min_snr: float = 5.0  # peaks lower than this many noise standard deviations are not trusted
+    snr_weights: bool = True  # weight the correlation's frequencies by signal-to-noise
     outlier: float = 3.0  # px: shifts further than this from their neighbours' median are left out
     min_neighbours: int = 3  # the outlier test needs at least this many neighbouring APs
+    fallback: str = "neighbours"  # an untrusted shift becomes: "neighbours" or "global"
 
     def __post_init__(self) -> None:
         if not 0.3 <= self.peak_sigma <= 5.0:
             raise ValueError(f"local_peak_sigma must be 0.3..5, got {self.peak_sigma}")
         if not 0.0 <= self.min_strength < 1.0:
             raise ValueError(f"local_min_strength must be in [0, 1), got {self.min_strength}")
+        if not 0.0 <= self.min_snr <= 100.0:  # NaN too
+            raise ValueError(f"local_min_snr must be 0..100, got {self.min_snr}")
         if not self.outlier > 0:  # NaN too
             raise ValueError(f"local_outlier must be > 0 pixels, got {self.outlier}")
         if self.min_neighbours < 1:
             raise ValueError(f"local_min_neighbours must be >= 1, got {self.min_neighbours}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"local_fallback must be one of {FALLBACKS}, got "
+                             f"{self.fallback!r}")
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
@@ -169,7 +184,7 @@ def select(
 def make_ap_targets(reference: np.ndarray, grid: APGrid, params: LocalParams) -> Target:
     """Prepare the reference patch of every AP for correlation (computed once, reused)."""
     patches = extract(reference, grid.centres, grid.fft_size)
-    return make_target(patches, peak_sigma=params.peak_sigma)
+    return make_target(patches, peak_sigma=params.peak_sigma, weighted=params.snr_weights)
 
 
 def extract(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
@@ -296,9 +311,9 @@ def measure_many(
             z = np.zeros(0)
             out.append((LocalShifts(aps, offset, z, z, z.astype(bool), z), centres))
             continue
-        dy, dx, strength = (v[start : start + k] for v in (r.dy, r.dx, r.strength))
+        dy, dx, strength, snr = (v[start : start + k] for v in (r.dy, r.dx, r.strength, r.snr))
         start += k
-        ok = judge(dy, dx, strength, aps, grid, params)
+        ok = judge(dy, dx, strength, aps, grid, params, snr=snr)
         out.append((LocalShifts(aps, offset, dy, dx, ok, strength), centres))
     return out
 
@@ -332,21 +347,87 @@ def measure_spectra(
     """
     aps = np.asarray(aps, dtype=np.intp)
     r = correlate_spectra(spectra, targets, index=aps, max_shift=grid.search)
-    ok = judge(r.dy, r.dx, r.strength, aps, grid, params)
+    ok = judge(r.dy, r.dx, r.strength, aps, grid, params, snr=r.snr)
     return LocalShifts(aps, np.zeros(2, dtype=np.intp), r.dy, r.dx, ok, r.strength)
 
 
 def judge(dy: np.ndarray, dx: np.ndarray, strength: np.ndarray, aps: np.ndarray, grid: APGrid,
-          params: LocalParams) -> np.ndarray:
+          params: LocalParams, *, snr: np.ndarray | None = None) -> np.ndarray:
     """Which of one frame's measured AP shifts to trust.
 
-    A shift is left out when its correlation peak is weak, when it reaches the search
+    A shift is not trusted when its correlation peak is weak (below
+    ``params.min_strength``, or, given ``snr``, below ``params.min_snr`` noise standard
+    deviations: see :attr:`live_stack.correlate.Shifts.snr`), when it reaches the search
     limit, or when it is further than ``params.outlier`` from the median of its grid
     neighbours' shifts in the same frame.
     """
     ok = ((strength >= params.min_strength) & (np.abs(dy) < grid.search)
           & (np.abs(dx) < grid.search))
+    if snr is not None:
+        ok &= snr >= params.min_snr
     return ok & _consistent(grid, aps, dy, dx, ok, params)
+
+
+def resolve(dy: np.ndarray, dx: np.ndarray, strength: np.ndarray, aps: np.ndarray,
+            grid: APGrid, params: LocalParams, *, snr: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame's AP shifts to stack with: the trusted ones as measured, the others
+    replaced, so that no frame leaves an AP's stack.
+
+    The shifts are judged by :func:`judge`. An untrusted shift becomes, with
+    ``params.fallback == "neighbours"``, the median of the trusted shifts of its grid
+    neighbours in the same frame (local warps are smooth), filled in twice over so that
+    a small gap is bridged from its rim; where no neighbour is trusted, and with
+    ``"global"``, it becomes 0: the frame's global shift.
+
+    Parameters
+    ----------
+    dy, dx, strength : numpy.ndarray
+        ``(k,)`` measured shifts and peak strengths at ``aps``.
+    aps : numpy.ndarray
+        ``(k,)`` their APs (each at most once).
+    grid : APGrid
+        The APs.
+    params : LocalParams
+        Thresholds and the fallback.
+    snr : numpy.ndarray, optional
+        ``(k,)`` peaks in noise standard deviations.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(dy, dx, fell_back)``: the shifts to stack with (new arrays) and which of them
+        fell back.
+    """
+    ok = judge(dy, dx, strength, aps, grid, params, snr=snr)
+    dy = np.where(ok, dy, 0.0)
+    dx = np.where(ok, dx, 0.0)
+    fell = ~ok
+    if params.fallback == "global" or ok.all() or not ok.any():
+        return dy, dx, fell
+    m = len(grid.centres)
+    where = np.full(m + 1, -1, dtype=np.intp)
+    where[aps] = np.arange(len(aps))
+    nb = where[grid.neighbours[aps]]  # (k, 8); -1: not measured in this frame
+    known = ok.copy()
+    for _ in range(2):
+        todo = np.flatnonzero(~known)
+        if not len(todo):
+            break
+        rows = nb[todo]
+        valid = rows >= 0
+        valid[valid] = known[rows[valid]]
+        counts = valid.sum(axis=1)
+        fill = counts > 0
+        if not fill.any():
+            break
+        ny = np.where(valid, dy[rows], np.nan)[fill]
+        nx = np.where(valid, dx[rows], np.nan)[fill]
+        at = todo[fill]
+        dy[at] = _row_median(ny, counts[fill])
+        dx[at] = _row_median(nx, counts[fill])
+        known[at] = True
+    return dy, dx, fell
 
 
 def _consistent(

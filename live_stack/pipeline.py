@@ -38,9 +38,9 @@ from live_stack.local import (
     LocalParams,
     Selection,
     inside,
-    judge,
     make_ap_targets,
     parse_stack_size,
+    resolve,
     select,
     stack_count,
 )
@@ -133,7 +133,7 @@ class PipelineResult:
     reference: Reference
     grid: APGrid
     selection: Selection
-    local_failed: int  # (frame, AP) shifts left out as untrustworthy
+    local_failed: int  # (frame, AP) shifts not trusted, that fell back (local.resolve)
     local_measured: int  # (frame, AP) shifts measured
     timings: dict[str, float]  # seconds per phase
     frames: int  # frames in the capture
@@ -242,22 +242,25 @@ def stack_aps(
         all_aps = np.concatenate([aps for _, aps, _ in cuts])
         spec, lum = patch_spectra(patches)
         r = correlate_spectra(lum, targets, index=all_aps, max_shift=grid.search)
-        ok = np.zeros(measured, dtype=bool)
+        # an untrusted shift falls back (local.resolve): every patch is stacked
+        dy, dx = np.empty(measured), np.empty(measured)
+        fell = np.zeros(measured, dtype=bool)
         start = 0
         for _, aps, _ in cuts:
             part = slice(start, start + len(aps))
-            ok[part] = judge(r.dy[part], r.dx[part], r.strength[part], aps, grid, params)
+            dy[part], dx[part], fell[part] = resolve(r.dy[part], r.dx[part], r.strength[part],
+                                                     aps, grid, params, snr=r.snr[part])
             start += len(aps)
-        dy, dx = r.dy[ok], r.dx[ok]
+        ok = np.ones(measured, dtype=bool)
         spectra = sums[0].prepare(all_aps[ok], patches[ok], dy, dx, spectra=spec[ok],
                                   overwrite=True)  # spec[ok] is a copy
         frame_of = np.concatenate([np.full(len(aps), f) for f, aps, _ in cuts])[ok]
         aps_ok = all_aps[ok]
-        return measured, ok, frame_of, aps_ok, spectra, dy, dx
+        return measured, fell, frame_of, aps_ok, spectra, dy, dx
 
-    def add_chunk(measured, ok, frame_of, aps_ok, spectra, dy, dx) -> None:
+    def add_chunk(measured, fell, frame_of, aps_ok, spectra, dy, dx) -> None:
         tally[0] += measured
-        tally[1] += measured - int(ok.sum())
+        tally[1] += int(fell.sum())
         for f in np.unique(frame_of):
             mine = frame_of == f
             used[f] = True
