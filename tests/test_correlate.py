@@ -184,3 +184,80 @@ def test_fourier_shift_overwrite_writes_into_the_input() -> None:
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match="complex64"):
         fourier_shift(spec.astype(np.complex128), dy, dx, overwrite=True)
+
+
+# --- low signal (issue 13) ---------------------------------------------------------------
+
+#: Patch side of the stacker (AP box 64 plus twice the search of 8).
+AP_PATCH = 80
+#: Electrons at full brightness of the low-signal patches, their seeing blur (px) and
+#: the known shift.
+LOW_ELECTRONS = 500.0
+LOW_BLUR = 1.5
+LOW_SHIFT = (1.3, -0.7)
+
+
+def _mare_pairs(scene_canvas, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` (reference, frame) patches of the low-contrast mare: the frame shifted by
+    LOW_SHIFT, blurred and exposed at LOW_ELECTRONS; the reference 30 times brighter."""
+    import cv2
+
+    canvas = scene_canvas("mare", 600, 600)
+    rng = np.random.default_rng(seed)
+    n = AP_PATCH
+    moved = cv2.warpAffine(np.ascontiguousarray(canvas, dtype=np.float32),
+                           np.float32([[1, 0, LOW_SHIFT[1]], [0, 1, LOW_SHIFT[0]]]),
+                           (600, 600), flags=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(moved, (0, 0), LOW_BLUR)
+    refs, frames = [], []
+    for y, x in rng.integers(100, 400, (count, 2)):
+        ref = cv2.GaussianBlur(np.ascontiguousarray(canvas[y : y + n, x : x + n]), (0, 0), 1.0)
+        refs.append(rng.poisson(ref * LOW_ELECTRONS * 30) / (LOW_ELECTRONS * 30))
+        frames.append(rng.poisson(blurred[y : y + n, x : x + n] * LOW_ELECTRONS) / LOW_ELECTRONS)
+    return np.asarray(refs, np.float32), np.asarray(frames, np.float32)
+
+
+def test_snr_weights_measure_low_signal_shifts_better_than_whitening(scene_canvas) -> None:
+    """On noisy patches of a 4 %-contrast mare at 500 electrons, the signal-to-noise
+    weighted correlation is more accurate than plain whitening (the stacker's path:
+    unwindowed patch spectra). Not to 0.2 px: issue 13 asks for that, and neither
+    weighting reaches it on such patches."""
+    refs, frames = _mare_pairs(scene_canvas, 120, seed=4)
+    errors = {}
+    for weighted in (False, True):
+        target = make_target(refs, peak_sigma=1.2, weighted=weighted)
+        r = correlate_spectra(sfft.rfft2(frames).astype(np.complex64), target, max_shift=8)
+        errors[weighted] = np.hypot(r.dy - LOW_SHIFT[0], r.dx - LOW_SHIFT[1])
+    # measured: median 0.43 against 0.54 px; within 0.5 px 61 % against 42 %
+    assert np.median(errors[True]) < 0.85 * np.median(errors[False])
+    assert np.mean(errors[True] < 0.5) > np.mean(errors[False] < 0.5) + 0.1
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_peak_snr_is_calibrated_against_noise(scene_canvas, weighted: bool) -> None:
+    """Pure-noise patches: the highest peak in the search window stays under 5 noise
+    standard deviations (the default local_min_snr); most real low-signal patches
+    pass it."""
+    refs, frames = _mare_pairs(scene_canvas, 200, seed=5)
+    target = make_target(refs, peak_sigma=1.2, weighted=weighted)
+    rng = np.random.default_rng(6)
+    noise = (rng.poisson(0.55 * LOW_ELECTRONS, frames.shape) / LOW_ELECTRONS).astype(np.float32)
+    null = correlate_spectra(sfft.rfft2(noise).astype(np.complex64), target, max_shift=8)
+    real = correlate_spectra(sfft.rfft2(frames).astype(np.complex64), target, max_shift=8)
+    assert null.snr.max() < 5.0
+    if not weighted:  # the noise's own peaks: not a degenerate scale
+        assert np.quantile(null.snr, 0.5) > 1.5
+    else:  # no signal above the noise floor: mostly no weight at all
+        assert np.mean(null.snr == 0.0) > 0.5
+    assert np.mean(real.snr >= 5.0) > 0.5
+
+
+def test_snr_weighted_shift_does_not_depend_on_units(scene_canvas) -> None:
+    """The weights follow the patch's own signal and noise: the same patch in 8-bit
+    codes or on the [0, 1] scale gives the same shift and peak."""
+    refs, frames = _mare_pairs(scene_canvas, 4, seed=7)
+    target = make_target(refs, peak_sigma=1.2, weighted=True)
+    a = correlate(frames, target, max_shift=8)
+    b = correlate(frames * 255.0, target, max_shift=8)
+    assert np.allclose(a.dy, b.dy, atol=1e-4)
+    assert np.allclose(a.snr, b.snr, rtol=1e-3)
