@@ -240,7 +240,15 @@ CONTROL_FIELDS: dict[str, tuple[str, ...]] = {
     "pause": (),
     "resume": (),
     "shutdown": (),
+    # camera control, relayed to the source that owns the camera (daemon/camera.py)
+    "camera": ("settings",),  # from a viewer
+    "camera_hello": ("source", "state"),  # from a source
+    "camera_result": ("id", "result"),  # from a source, answering a camera_set
 }
+
+#: Camera settings a ``camera`` request may carry (exposure in seconds, roi as
+#: ``[x, y, width, height]`` in sensor pixels).
+CAMERA_SETTINGS = ("exposure", "gain", "binning", "roi")
 
 #: Types a ``set`` value may have on the wire.
 _PARAM_VALUE_TYPES = (bool, int, float, str)
@@ -274,6 +282,15 @@ def check_request(request: Any) -> dict[str, Any]:
     missing = [k for k in CONTROL_FIELDS[cmd] if k not in request]
     if missing:
         raise ProtocolError(f"command {cmd!r} needs field(s) {', '.join(missing)}")
+    if cmd == "camera":
+        _check_camera_settings(request["settings"])
+    elif cmd == "camera_hello":
+        if not isinstance(request["source"], str) or not isinstance(request["state"], dict):
+            raise ProtocolError("camera_hello needs a string 'source' and a map 'state'")
+    elif cmd == "camera_result":
+        if isinstance(request["id"], bool) or not isinstance(request["id"], int) \
+                or not isinstance(request["result"], dict):
+            raise ProtocolError("camera_result needs an integer 'id' and a map 'result'")
     if cmd == "set":
         name, value = request["name"], request["value"]
         if not isinstance(name, str) or not name:
@@ -285,6 +302,24 @@ def check_request(request: Any) -> dict[str, Any]:
                 f"them), got {value!r}"
             )
     return request
+
+
+def _check_camera_settings(settings: Any) -> None:
+    """Raise :class:`ProtocolError` unless ``settings`` is a non-empty map of
+    :data:`CAMERA_SETTINGS` to numbers (``roi``: a list of 4 integers)."""
+    if not isinstance(settings, dict) or not settings:
+        raise ProtocolError(f"camera 'settings' must be a non-empty map, got {settings!r}")
+    for name, value in settings.items():
+        if name not in CAMERA_SETTINGS:
+            raise ProtocolError(f"unknown camera setting {name!r}; expected one of "
+                                f"{', '.join(CAMERA_SETTINGS)}")
+        if name == "roi":
+            if not (isinstance(value, list) and len(value) == 4 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value)):
+                raise ProtocolError(f"camera roi must be 4 integers [x, y, width, height], "
+                                    f"got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"camera {name} must be a number, got {value!r}")
 
 
 def encode_reply(result: Any = None) -> bytes:

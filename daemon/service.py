@@ -16,7 +16,9 @@
 - **publisher** owns the XPUB socket: it sends each new stack, a ``status`` message
   every ``status_interval`` seconds (never waiting for the stacker), and the latest
   stack again at once whenever a subscriber to ``stack`` arrives;
-- **control** owns the REP socket and answers control requests;
+- **control** owns the control socket (a ROUTER: REQ clients get one answer per
+  request) and answers control requests; camera requests it relays to the source that
+  owns the camera (:mod:`daemon.camera`);
 - **saver** writes the stack into a new file of the stack history every
   ``save_interval`` seconds when it changed (see :mod:`daemon.persist`).
 
@@ -43,6 +45,7 @@ import numpy as np
 import zmq
 
 from daemon import protocol
+from daemon.camera import CameraRelay, split_envelope
 from daemon.config import DaemonConfig, Endpoints, check_live_value
 from daemon.diagnosis import Diagnosis, diagnose
 from daemon.fairlock import FairLock
@@ -337,6 +340,7 @@ class StackingService:
         self._rates = {"received_fps": 0.0, "processed_fps": 0.0}
         self._diagnosis_lock = threading.Lock()
         self._diagnosis: Diagnosis | None = None  # the latest one logged
+        self._camera = CameraRelay()  # sources that own a camera (control thread's)
         self._preview = PreviewParams()
         # the newest frame received (set by ingest, read by the publisher's previews)
         self._newest_frame: tuple[dict[str, Any], np.ndarray] | None = None
@@ -392,7 +396,7 @@ class StackingService:
                 self._auth = start_authenticator(self._ctx, self.config.curve.authorized_clients)
             pull = self._bind(zmq.PULL, "ingest", keys, sockets)
             pub = self._bind(zmq.XPUB, "publish", keys, sockets)
-            rep = self._bind(zmq.REP, "control", keys, sockets)
+            rep = self._bind(zmq.ROUTER, "control", keys, sockets)
             if out.session_log:  # only now: a failed start leaves no file behind
                 level = getattr(logging, self.config.service.log_level.upper())
                 path = numbered(self.output_dir, "session", self.session, 1, "log")
@@ -859,12 +863,52 @@ class StackingService:
     # -- control -------------------------------------------------------------------------
 
     def _control_loop(self, sock: zmq.Socket) -> None:
-        with closing(self._readable(sock)) as ready:
-            for _ in ready:
-                reply, stop = self.handle_request(sock.recv_multipart())
-                sock.send(reply)
-                if stop:
-                    self.request_stop()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        timeout = self.config.service.poll_timeout
+        try:
+            while not self._stop.is_set():
+                due = self._camera.next_deadline()
+                wait = timeout if due is None else min(timeout, max(0.0, due - time.monotonic()))
+                if poller.poll(wait * 1000):
+                    self._on_control(sock, sock.recv_multipart())
+                for envelope, reply in self._camera.expired():
+                    sock.send_multipart([*envelope, b"", reply])
+        finally:
+            sock.close(linger=0)
+
+    def _on_control(self, sock: zmq.Socket, message: list[bytes]) -> None:
+        """One message on the control ROUTER: a request to answer, or camera traffic."""
+        split = split_envelope(message)
+        if split is None:  # not from a REQ or REQ-like DEALER: nowhere to answer
+            self._throttle.warning("envelope", "control message without an envelope dropped")
+            return
+        envelope, parts = split
+        request = None
+        if len(parts) == 1:
+            try:
+                request = protocol.check_request(protocol.unpack(parts[0], what="request"))
+            except protocol.ProtocolError:
+                request = None  # handle_request says what is wrong
+        cmd = request["cmd"] if request is not None else None
+        if cmd == "camera_hello":
+            self._camera.hello(envelope, request)
+        elif cmd == "camera_result":
+            answer = self._camera.result(request)
+            if answer is not None:
+                sock.send_multipart([*answer[0], b"", answer[1]])
+        elif cmd == "camera":
+            out = self._camera.forward(envelope, request)
+            if isinstance(out, bytes):
+                sock.send_multipart([*envelope, b"", out])
+            else:
+                log.info("control: camera %s -> the source", request["settings"])
+                sock.send_multipart([*out[0], b"", out[1]])
+        else:
+            reply, stop = self.handle_request(parts)
+            sock.send_multipart([*envelope, b"", reply])
+            if stop:
+                self.request_stop()
 
     def handle_request(self, parts: list[bytes]) -> tuple[bytes, bool]:
         """Answer one control request; return the encoded reply and whether to stop.
@@ -915,6 +959,8 @@ class StackingService:
             return self.set_paused(False)
         if cmd == "shutdown":
             return {"stopping": True}
+        if cmd in ("camera", "camera_hello", "camera_result"):
+            raise ValueError("camera requests are relayed by the control socket only")
         raise ValueError(f"unknown command {cmd!r}")  # check_request prevents this
 
     # -- commands ------------------------------------------------------------------------
@@ -1177,6 +1223,7 @@ class StackingService:
             endpoints=dataclasses.asdict(ep),
             curve=self.config.curve.enabled,
             params=params,
+            camera=self._camera.as_dict(),
         )
         diagnosis = self._diagnose(s)
         s["diagnosis"] = diagnosis.as_dict() if diagnosis is not None else None

@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QLabel, QMainWindow, QSplitter, QVBoxLayout, QWidget
 
+from viewer.camera_panel import CameraPanel
 from viewer.control_panel import ControlPanel
 from viewer.image_panel import StackView
 from viewer.link import DaemonLink, Inbox, Reply, StackMessage
@@ -98,6 +99,7 @@ class MainWindow(QMainWindow):
         self.raw_panel = RawPanel()
         self.state_panel = StatePanel()
         self.control_panel = ControlPanel()
+        self.camera_panel = CameraPanel()
         self.quality_panel = QualityPanel(self.params.quality_history)
 
         side = QWidget()
@@ -105,6 +107,7 @@ class MainWindow(QMainWindow):
         side_layout.setContentsMargins(0, 0, 0, 0)
         side_layout.addWidget(self.state_panel)
         side_layout.addWidget(self.control_panel)
+        side_layout.addWidget(self.camera_panel)
         side_layout.addStretch(1)
 
         top = QSplitter(Qt.Orientation.Horizontal)
@@ -140,6 +143,7 @@ class MainWindow(QMainWindow):
 
         self.stack_view.stack_shown.connect(self.stack_shown)
         self.control_panel.requested.connect(self.send_request)
+        self.camera_panel.requested.connect(self.send_request)
         link.arrived.connect(self._take)
         self._health = QTimer(self)
         self._health.setInterval(round(self.params.check_interval_s * 1000))
@@ -176,7 +180,8 @@ class MainWindow(QMainWindow):
         try:
             self.link.request(request)
         except ValueError as exc:
-            self.control_panel.show_reply(Reply(dict(request), False, None, str(exc)))
+            panel = self.camera_panel if request.get("cmd") == "camera" else self.control_panel
+            panel.show_reply(Reply(dict(request), False, None, str(exc)))
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         self._health.stop()
@@ -193,7 +198,10 @@ class MainWindow(QMainWindow):
         self.bad_messages += inbox.bad_messages
         self._last_error = inbox.last_error or self._last_error
         for reply in inbox.replies:
-            self.control_panel.show_reply(reply)
+            if reply.request.get("cmd") == "camera":
+                self.camera_panel.show_reply(reply)
+            else:
+                self.control_panel.show_reply(reply)
         if inbox.statuses:
             for status in inbox.statuses:
                 self.quality_panel.add_recent(status.get("recent"))
@@ -205,6 +213,7 @@ class MainWindow(QMainWindow):
             self.control_panel.show_state(status.get("state"))
             self.control_panel.show_params(status.get("params"))
             self.show_diagnosis(status.get("diagnosis"))
+            self.camera_panel.show_cameras(status.get("camera"))
             self.banner.setVisible(False)
         if inbox.stack is not None and self._is_new(inbox.stack):
             self.stack_view.show_stack(inbox.stack)

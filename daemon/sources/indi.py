@@ -31,11 +31,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon.config import DEFAULT_INGEST, check_endpoint
+from daemon.config import DEFAULT_CONTROL, DEFAULT_INGEST, check_endpoint
 from daemon.protocol import encode_image
 from daemon.sources.indi_decode import (
     BAYER_PATTERNS,
@@ -81,6 +81,7 @@ class Outcome(enum.Enum):
     DEVICE_LOST = "device lost"  # the camera disconnected or disappeared
     STALLED = "stalled"  # no frame came within the stall timeout
     FAILED = "failed"  # the camera could not be connected or set up
+    RECONFIGURE = "reconfigured"  # binning or ROI changed from the viewer: set up again
 
 
 class SetupError(ValueError):
@@ -95,6 +96,9 @@ class IndiParams:
     port: int = DEFAULT_INDI_PORT  # INDI server port
     device: str = ""  # camera device name; empty: the first camera the server lists
     endpoint: str = DEFAULT_INGEST  # daemon ingest endpoint to push frames to
+    # the daemon's control endpoint, where camera settings come from (viewers' requests
+    # relayed by the daemon); "": no camera control
+    control: str = DEFAULT_CONTROL
     mode: str = "auto"  # "stream", "exposure", or "auto" (stream where offered)
     exposure: float | None = None  # exposure in seconds; None: device's (stream) or 0.01 s
     gain: float | None = None  # camera gain (CCD_GAIN or CCD_CONTROLS "Gain"); None: keep
@@ -120,6 +124,8 @@ class IndiParams:
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string, got {self.device!r}")
         check_endpoint(self.endpoint, name="endpoint")
+        if self.control:
+            check_endpoint(self.control, name="control")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.exposure is not None and not self.exposure > 0:
@@ -315,11 +321,13 @@ class IndiSource:
     ping : callable, optional
         Called at least every ``ping_interval`` seconds while running (systemd watchdog).
     ping_interval : float, optional
+    channel : daemon.sources.indi_camera.CameraChannel, optional
+        Camera settings from the daemon (the viewers' requests) and the answers to them.
     """
 
     def __init__(self, params: IndiParams, link: Any, handler: BlobHandler,
                  stop: threading.Event, *, ping: Callable[[], None] | None = None,
-                 ping_interval: float | None = None) -> None:
+                 ping_interval: float | None = None, channel: Any = None) -> None:
         self.params = params
         self.link = link
         self.handler = handler
@@ -334,6 +342,8 @@ class IndiSource:
         self._stats_sent = 0
         #: the device name in use (resolved from the server when params.device is empty)
         self.device = params.device
+        #: camera commands from the daemon (a daemon.sources.indi_camera.CameraChannel)
+        self.channel = channel
 
     # --- waiting ----------------------------------------------------------------------
 
@@ -400,6 +410,8 @@ class IndiSource:
                     return EXIT_SETUP
                 if outcome is Outcome.STOPPED or self.stop.is_set():
                     break
+                if outcome is Outcome.RECONFIGURE:
+                    continue  # at once: nothing was lost
                 self.counters.reconnects += 1
                 if self._session_frames:
                     self._backoff.reset()
@@ -505,6 +517,7 @@ class IndiSource:
         if not self._settle(device):
             return self._ended(device, losses) or Outcome.FAILED
         setup = self._configure(device)
+        self._announce(device, setup)
         if setup.mode == "stream":
             return self._capture_stream(device, setup, losses)
         return self._capture_exposures(device, setup, losses)
@@ -782,13 +795,17 @@ class IndiSource:
         limit = self.params.stall_timeout + exposure
         last = time.monotonic()
         while True:
-            self._wait(lambda: self.link.pending_blobs() > 0 or self._ended(device, losses)
-                       is not None, limit - (time.monotonic() - last))
+            self._wait(lambda: self.link.pending_blobs() > 0 or self._commanded()
+                       or self._ended(device, losses) is not None,
+                       limit - (time.monotonic() - last))
             if self._deliver(device, setup):
                 last = time.monotonic()
             outcome = self._ended(device, losses)
             if outcome is not None:
                 return outcome
+            if self._commanded() and self._obey(device, setup):
+                self._set_switch(device, "CCD_VIDEO_STREAM", "STREAM_OFF")
+                return Outcome.RECONFIGURE
             if time.monotonic() - last >= limit:
                 if (self._session_frames == 0 and self.params.roi is not None
                         and not self._crop_roi_in_stream):
@@ -819,12 +836,21 @@ class IndiSource:
         started = time.monotonic()
         retries = 0
         while True:
-            self._wait(lambda: self.link.pending_blobs() > 0 or self._ended(device, losses)
-                       is not None, limit - (time.monotonic() - started))
+            self._wait(lambda: self.link.pending_blobs() > 0 or self._commanded()
+                       or self._ended(device, losses) is not None,
+                       limit - (time.monotonic() - started))
             outcome = self._ended(device, losses)
             if outcome is not None:
                 self._deliver(device, setup)
                 return outcome
+            if self._commanded():
+                if self._obey(device, setup):
+                    self._deliver(device, setup)
+                    return Outcome.RECONFIGURE
+                exposure = setup.exposure or DEFAULT_EXPOSURE_S
+                limit = self.params.stall_timeout + exposure
+                if not self.link.pending_blobs():
+                    continue
             if self.link.pending_blobs():
                 # Start the next exposure first, so the camera works while we decode.
                 self._start_exposure(device, exposure)
@@ -842,6 +868,135 @@ class IndiSource:
                             device, limit)
                 self._start_exposure(device, exposure)
                 started = time.monotonic()
+
+
+    # --- camera control from the viewer (relayed by the daemon) -----------------------
+
+    def _commanded(self) -> bool:
+        """Whether a camera command from the daemon waits."""
+        return self.channel is not None and self.channel.pending()
+
+    def camera_state(self, device: str, setup: _Setup) -> dict[str, Any]:
+        """The camera's current settings and their ranges, as the viewer shows them.
+
+        ``{device, mode, exposure, gain, binning, roi}``: each setting is None when the
+        device does not offer it, else ``{value, min, max}`` (``roi``: ``{value: [x, y,
+        width, height], max: [width, height]}``, in sensor pixels).
+        """
+        def number(prop: str, element: str) -> dict[str, Any] | None:
+            snap = self.link.prop(device, prop)
+            if snap is None or element not in snap.values:
+                return None
+            lo, hi = snap.limits.get(element, (None, None))
+            return {"value": snap.values[element], "min": lo, "max": hi}
+
+        if setup.mode == "stream":
+            exposure = number("STREAMING_EXPOSURE", "STREAMING_EXPOSURE_VALUE")
+        else:
+            exposure = number("CCD_EXPOSURE", "CCD_EXPOSURE_VALUE")
+            if exposure is not None:  # the element counts down; the loop's value is ours
+                exposure["value"] = setup.exposure
+        gain_prop, gain_element = self._gain_element(device)
+        gain = number(gain_prop, gain_element) if gain_prop else None
+        binning = number("CCD_BINNING", "HOR_BIN")
+        frame, info = self.link.prop(device, "CCD_FRAME"), self.link.prop(device, "CCD_INFO")
+        roi = None
+        if frame is not None:
+            roi = {"value": [int(frame.values.get(k, 0)) for k in ("X", "Y", "WIDTH", "HEIGHT")],
+                   "max": None}
+            if info is not None and "CCD_MAX_X" in info.values:
+                roi["max"] = [int(info.values["CCD_MAX_X"]), int(info.values["CCD_MAX_Y"])]
+        return {"device": device, "mode": setup.mode, "exposure": exposure, "gain": gain,
+                "binning": binning, "roi": roi}
+
+    def _announce(self, device: str, setup: _Setup) -> None:
+        if self.channel is not None:
+            self.channel.announce(self.camera_state(device, setup))
+
+    def _gain_element(self, device: str) -> tuple[str, str]:
+        """The property and element of the gain (``("", "")`` if the device has none)."""
+        if self.link.prop(device, "CCD_GAIN") is not None:
+            return "CCD_GAIN", "GAIN"
+        controls = self.link.prop(device, "CCD_CONTROLS")
+        element = next((k for k in (controls.values if controls else {})
+                        if k.lower() == "gain"), None)
+        return ("CCD_CONTROLS", element) if element else ("", "")
+
+    def _obey(self, device: str, setup: _Setup) -> bool:
+        """Apply the camera commands waiting; True if the capture must be set up again
+        (binning or ROI changed). Each command is answered with what was applied, what
+        was refused and why, and the camera's settings now."""
+        assert self.channel is not None
+        restart = False
+        for command in self.channel.commands():
+            applied: dict[str, Any] = {}
+            refused: dict[str, str] = {}
+            state = self.camera_state(device, setup)
+            for name, value in command["settings"].items():
+                try:
+                    restart |= self._apply_setting(device, setup, state, name, value)
+                    applied[name] = value
+                except ValueError as exc:
+                    refused[name] = str(exc)
+            if refused:
+                log.warning("%s: camera settings refused: %s", device, refused)
+            state = self.camera_state(device, setup)
+            if restart:  # what it will be once set up again
+                for name in ("binning", "roi"):
+                    if name in applied and state.get(name):
+                        state[name]["value"] = applied[name]
+            self.channel.answer(command["id"], {"applied": applied, "refused": refused,
+                                                "state": state})
+            self.channel.announce(state)
+        return restart
+
+    def _apply_setting(self, device: str, setup: _Setup, state: dict[str, Any], name: str,
+                       value: Any) -> bool:
+        """Apply one setting; True if the capture must be set up again.
+
+        Raises
+        ------
+        ValueError
+            The device does not offer it, the value is out of its range, or the driver
+            refused it; the message says which.
+        """
+        current = state.get(name)
+        if current is None:
+            raise ValueError(f"{device} has no {name} setting")
+        if name == "roi":
+            x, y, w, h = (int(v) for v in value)
+            top = current.get("max")
+            if x < 0 or y < 0 or w < 1 or h < 1:
+                raise ValueError(f"roi {value} must have x, y >= 0 and width, height >= 1")
+            if top and (x + w > top[0] or y + h > top[1]):
+                raise ValueError(f"roi {value} goes beyond the {top[0]}x{top[1]} sensor")
+            self.params = replace(self.params, roi=(x, y, w, h))
+            return True
+        lo, hi = current.get("min"), current.get("max")
+        if lo is not None and hi is not None and hi > lo and not lo <= value <= hi:
+            raise ValueError(f"{name} {value:g} is outside the camera's {lo:g}..{hi:g}")
+        if name == "binning":
+            if value != int(value):
+                raise ValueError(f"binning must be a whole number, got {value:g}")
+            self.params = replace(self.params, binning=int(value))
+            return True
+        if name == "gain":
+            prop, element = self._gain_element(device)
+            if not self._set_numbers(device, prop, {element: float(value)}):
+                raise ValueError(f"{device} refused gain {value:g} "
+                                 f"({self.link.last_message or 'no answer'})")
+            self.params = replace(self.params, gain=float(value))
+            return False
+        if not value > 0:  # exposure
+            raise ValueError(f"exposure must be > 0 seconds, got {value:g}")
+        if setup.mode == "stream":
+            if not self._set_numbers(device, "STREAMING_EXPOSURE",
+                                     {"STREAMING_EXPOSURE_VALUE": float(value)}):
+                raise ValueError(f"{device} refused exposure {value:g} s "
+                                 f"({self.link.last_message or 'no answer'})")
+        setup.exposure = float(value)
+        self.params = replace(self.params, exposure=float(value))
+        return False
 
 
 # --- command line -------------------------------------------------------------------------
@@ -876,6 +1031,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--control", metavar="ENDPOINT", default=d.control,
+                        help="the daemon's control endpoint, through which viewers set the "
+                             "camera's exposure, gain, binning and ROI (default "
+                             "%(default)s; '' for none)")
     add_pusher_arguments(parser)
     parser.add_argument("--keys", metavar="DIR",
                         help="CURVE keys folder holding server.key and client.key_secret "
@@ -887,6 +1046,7 @@ def params_from_args(args: argparse.Namespace) -> IndiParams:
     """Build :class:`IndiParams` from parsed arguments (ValueError naming a bad one)."""
     return IndiParams(
         host=args.host, port=args.port, device=args.device, endpoint=args.to,
+        control=args.control,
         mode=args.mode, exposure=args.exposure, gain=args.gain, binning=args.binning,
         roi=tuple(args.roi) if args.roi else None, device_timeout=args.device_timeout,
         stall_timeout=args.stall_timeout,
@@ -966,11 +1126,17 @@ def run(params: IndiParams, *, link_class: Any, curve: Any = None, source_id: st
     link = link_class(params.host, params.port, queue_size=params.queue_size,
                       connect_timeout=params.connect_timeout)
     notifier = SystemdNotifier()
+    channel = None
+    if params.control:
+        from daemon.sources.indi_camera import CameraChannel
+
+        channel = CameraChannel(context, params.control, source_id=source_id,
+                                wake=link.wake, curve=curve)
 
     def work(stop: threading.Event) -> int:
         source = IndiSource(params, link, handler, stop,
                             ping=lambda: notifier.notify("WATCHDOG=1"),
-                            ping_interval=notifier.watchdog_interval)
+                            ping_interval=notifier.watchdog_interval, channel=channel)
         notifier.notify("READY=1")
         return source.run()
 
@@ -978,6 +1144,8 @@ def run(params: IndiParams, *, link_class: Any, curve: Any = None, source_id: st
         return run_source(work, name="indi", on_stop=link.wake)
     finally:
         notifier.notify("STOPPING=1")
+        if channel is not None:
+            channel.close()
         sender.close()
         context.term()
         notifier.close()
