@@ -112,7 +112,7 @@ def test_config_sets_params_and_the_command_line_wins(video, tmp_path, capsys) -
     assert meta["parameters"]["quality"]["method"] == "gradient"
     assert meta["stack_size"] == "15%"
     assert main([str(video), "-o", str(out), "--config", str(config), "--ap-size", "40",
-                 "--stack", "10%", "--mode", "planet", "-q"]) == 0
+                 "--stack", "10%", "--mode", "planet", "--overwrite", "-q"]) == 0
     _, meta = read_image(out)
     assert meta["parameters"]["ap"]["size"] == 40  # the option wins
     assert meta["parameters"]["ap"]["search"] == 6  # the rest still from the file
