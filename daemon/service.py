@@ -69,7 +69,12 @@ from daemon.persist import (
     stack_file,
 )
 from daemon.preview import PreviewParams, encode_preview
-from daemon.security import configure_server, load_key_pair, start_authenticator
+from daemon.security import (
+    AuthorizedKeys,
+    configure_server,
+    load_key_pair,
+    start_authenticator,
+)
 from daemon.stats import IngestStats
 
 log = logging.getLogger(__name__)
@@ -315,6 +320,7 @@ class StackingService:
         self._throttle = _Throttle()
         self._threads: list[threading.Thread] = []
         self._auth: Any = None
+        self._keys: AuthorizedKeys | None = None  # with CURVE on: the authorised clients
         self._log_handler: logging.Handler | None = None
         self._recorder: RawRecorder | None = None
         self._started = False
@@ -393,7 +399,8 @@ class StackingService:
         try:
             keys = self._curve_keys()
             if keys is not None:
-                self._auth = start_authenticator(self._ctx, self.config.curve.authorized_clients)
+                self._keys = AuthorizedKeys(self.config.curve.authorized_clients)
+                self._auth = start_authenticator(self._ctx, self._keys)
             pull = self._bind(zmq.PULL, "ingest", keys, sockets)
             pub = self._bind(zmq.XPUB, "publish", keys, sockets)
             rep = self._bind(zmq.ROUTER, "control", keys, sockets)
@@ -582,8 +589,23 @@ class StackingService:
                         break
                     self._on_message(parts)
 
+    def _authorised(self, frames: list[zmq.Frame]) -> bool:
+        """With CURVE on: whether the key that sent ``frames`` is still authorised (a
+        connection made before its key was removed from the folder is refused from then
+        on)."""
+        if self._keys is None or not frames:
+            return True
+        try:
+            user_id = frames[0].get("User-Id")
+        except zmq.ZMQError:  # no such property: not a CURVE connection
+            user_id = None
+        return self._keys.allows_user_id(user_id)
+
     def _on_message(self, parts: list[Any]) -> None:
         """Decode one ingest message and queue it; every failure is a counted drop."""
+        if not self._authorised(parts):
+            self._stats.on_drop("unauthorised")
+            return
         try:
             header, array = protocol.decode_image(parts)
             if header["kind"] != "frame":
@@ -871,11 +893,24 @@ class StackingService:
                 due = self._camera.next_deadline()
                 wait = timeout if due is None else min(timeout, max(0.0, due - time.monotonic()))
                 if poller.poll(wait * 1000):
-                    self._on_control(sock, sock.recv_multipart())
+                    frames = sock.recv_multipart(copy=False)
+                    message = [f.bytes for f in frames]
+                    if self._authorised(frames[-1:]):
+                        self._on_control(sock, message)
+                    else:
+                        self._refuse_control(sock, message)
                 for envelope, reply in self._camera.expired():
                     sock.send_multipart([*envelope, b"", reply])
         finally:
             sock.close(linger=0)
+
+    def _refuse_control(self, sock: zmq.Socket, message: list[bytes]) -> None:
+        """Answer a request on a connection whose CURVE key was removed since."""
+        split = split_envelope(message)
+        if split is not None:
+            sock.send_multipart([*split[0], b"", protocol.encode_error(
+                "not authorised: this client's key was removed from the daemon's "
+                "curve.authorized_clients")])
 
     def _on_control(self, sock: zmq.Socket, message: list[bytes]) -> None:
         """One message on the control ROUTER: a request to answer, or camera traffic."""
@@ -1222,6 +1257,7 @@ class StackingService:
             output=self._output_status(),
             endpoints=dataclasses.asdict(ep),
             curve=self.config.curve.enabled,
+            curve_refused=self._keys.refused if self._keys is not None else 0,
             params=params,
             camera=self._camera.as_dict(),
         )

@@ -79,6 +79,15 @@ def status_text(st: dict[str, Any], *, now: float | None = None) -> str:
         lines.append(f"saved:     {saved} ({ago:.0f} s ago)")
     else:
         lines.append(f"saved:     nothing yet (into {out.get('directory', '?')})")
+    error = out.get("save_error")
+    if error:
+        lines.append(f"SAVE FAILED {error.get('count', 1)} time(s), last "
+                     f"{now - error.get('time', now):.0f} s ago: {error.get('message')}")
+    disk = out.get("disk")
+    if disk:
+        low = " LOW" if disk.get("low") else ""
+        lines.append(f"disk:      {disk.get('free_mib', 0):.0f} MiB free{low} (warning under "
+                     f"{disk.get('warn_free_mib', 0):g} MiB)")
     rec = st.get("recording")
     if rec:
         failed = f", STOPPED: {rec['failed']}" if rec.get("failed") else ""

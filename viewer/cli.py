@@ -119,12 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's control socket (default: the one the daemon announces in its "
         f"status, on the publisher's host; port {DEFAULT_CONTROL_PORT} until it does)",
     )
-    p.add_argument(
-        "--keys", metavar="DIR", type=Path,
-        help="use CURVE with the keys in DIR as made by 'live-stack keys DIR' "
-        "(server.key and client.key_secret; or give the two files with the options below)",
-    )
-    add_client_arguments(p)
+    add_client_arguments(p)  # --keys DIR, --server-key, --client-key
     p.add_argument(
         "--control-timeout", metavar="S", type=_positive, default=3.0,
         help="seconds to wait for the daemon to answer a control request (default 3)",
@@ -166,7 +161,7 @@ def key_files(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     from viewer.link import key_files_in
 
     server, client = args.server_key or None, args.client_key or None
-    if args.keys is not None:
+    if args.keys:
         if server or client:
             raise ValueError("give either --keys or --server-key/--client-key, not both")
         return key_files_in(args.keys)

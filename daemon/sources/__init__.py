@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from daemon import protocol
 from daemon.config import DEFAULT_INGEST, check_endpoint
@@ -43,6 +45,20 @@ FLUSH_TIMEOUT = 5.0
 
 #: Seconds :meth:`FramePusher.send` waits at a time for room before checking for a stop.
 SEND_POLL = 0.1
+
+#: Seconds after connecting without a completed handshake with the daemon after which a
+#: source warns that its frames are not arriving.
+HANDSHAKE_WARN = 5.0
+
+#: Monitor events of a failed ZMTP handshake (a refused CURVE key gives the first).
+_HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the daemon refused this client's key (is it in the "
+    "daemon's authorized_clients folder?)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (is --server-key the daemon's "
+    "key, and CURVE on at both ends?)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (CURVE on at one end only, "
+    "or another program on that port?)",
+}
 
 
 class FramePusher:
@@ -85,9 +101,17 @@ class FramePusher:
         self._ctx = zmq.Context() if context is None else context
         self._sock = self._ctx.socket(zmq.PUSH)
         self._closed = False
+        self._monitor: zmq.Socket | None = None
+        #: True once a handshake with the daemon completed (frames can reach it)
+        self.linked = False
+        self._problem: str | None = None  # why no handshake completed, when known
+        self._warned = False
+        self._since = time.monotonic()
         try:
             self._sock.sndhwm = hwm
             apply_client_curve(self._sock, curve)
+            self._monitor = self._sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILED))
             self._sock.connect(endpoint)
         except Exception:
             self.close(flush=0)
@@ -113,12 +137,43 @@ class FramePusher:
         parts = protocol.encode_image(frame, kind="frame", seq=self.seq,
                                       capture_time=capture_time, bayer=bayer,
                                       exposure=exposure, source=self.source, meta=meta)
-        while not self._sock.poll(SEND_POLL * 1000, zmq.POLLOUT):
+        while True:
+            self._check_link()
+            if self._sock.poll(SEND_POLL * 1000, zmq.POLLOUT):
+                try:  # the room may be gone since (a refused handshake drops the pipe)
+                    self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                    break
+                except zmq.Again:
+                    pass
             if self._stop is not None and self._stop.is_set():
                 return False
-        self._sock.send_multipart(parts, copy=False)
         self.seq += 1
         return True
+
+    def _check_link(self) -> None:
+        """Read the handshake events; warn once when no handshake completed within
+        :data:`HANDSHAKE_WARN` seconds or the daemon refused it (frames then wait in
+        this process and never arrive)."""
+        while self._monitor is not None:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._warned:
+                    log.info("the daemon at %s completed the handshake: frames arrive now",
+                             self.endpoint)
+                self.linked, self._problem, self._warned = True, None, False
+            elif event in _HANDSHAKE_FAILED and not self.linked:
+                self._problem = _HANDSHAKE_FAILED[event]
+        late = time.monotonic() - self._since >= HANDSHAKE_WARN
+        if not self.linked and not self._warned and (late or self._problem):
+            self._warned = True
+            log.warning("no handshake with the daemon at %s %s: %s; the frames sent wait here "
+                        "and do not arrive", self.endpoint,
+                        "completed" if self._problem else f"after {HANDSHAKE_WARN:g} s",
+                        self._problem or "is the daemon running there (and, with CURVE, "
+                        "is this client's key authorised)?")
 
     def send_raw(self, parts: list[bytes]) -> None:
         """Send arbitrary message parts (for tests of the daemon's error handling)."""
@@ -129,7 +184,20 @@ class FramePusher:
         if self._closed:
             return
         self._closed = True
-        self._sock.close(linger=int(flush * 1000))
+        deadline = time.monotonic() + flush
+        if self._monitor is not None:
+            self._check_link()
+            while (self.seq and not self.linked and self._problem is None
+                   and self._monitor.poll(max(0.0, deadline - time.monotonic()) * 1000)):
+                self._check_link()
+            if not self.linked and self.seq:
+                log.warning("none of the %d frames sent reached the daemon at %s: %s",
+                            self.seq, self.endpoint,
+                            self._problem or "no handshake with it completed")
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        self._sock.close(linger=int(max(0.0, deadline - time.monotonic()) * 1000))
         if self._own:
             self._ctx.term()
 

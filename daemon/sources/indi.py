@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from daemon.config import DEFAULT_CONTROL, DEFAULT_INGEST, check_endpoint
@@ -1035,10 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the daemon's control endpoint, through which viewers set the "
                              "camera's exposure, gain, binning and ROI (default "
                              "%(default)s; '' for none)")
-    add_pusher_arguments(parser)
-    parser.add_argument("--keys", metavar="DIR",
-                        help="CURVE keys folder holding server.key and client.key_secret "
-                             "(instead of --server-key and --client-key)")
+    add_pusher_arguments(parser)  # with --keys DIR, --server-key, --client-key
     return parser
 
 
@@ -1053,36 +1049,17 @@ def params_from_args(args: argparse.Namespace) -> IndiParams:
     )
 
 
-def curve_from_keys(args: argparse.Namespace) -> Any:
-    """The client CURVE keys of the command line, or None (ValueError if incomplete).
-
-    ``--keys DIR`` stands for ``--server-key DIR/server.key --client-key
-    DIR/client.key_secret``.
-    """
-    from daemon.security import ClientCurve
-    from daemon.sources import curve_from_args
-
-    if not args.keys:
-        return curve_from_args(args)
-    if args.server_key or args.client_key:
-        raise ValueError("give --keys or --server-key/--client-key, not both")
-    d = Path(args.keys)
-    server_key, client_key = d / "server.key", d / "client.key_secret"
-    missing = [str(f) for f in (server_key, client_key) if not f.is_file()]
-    if missing:
-        raise ValueError(f"--keys {args.keys}: missing {', '.join(missing)}")
-    return ClientCurve(str(server_key), str(client_key))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``live-stack source indi``; returns the exit status."""
+    from daemon.sources import curve_from_args
+
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = params_from_args(args)
-        curve = curve_from_keys(args)
+        curve = curve_from_args(args)
     except ValueError as exc:
         parser.print_usage(sys.stderr)
         print(f"live-stack source indi: error: {exc}", file=sys.stderr)

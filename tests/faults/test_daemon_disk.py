@@ -145,6 +145,12 @@ def test_a_full_disk_shows_in_status_is_logged_once_and_a_stop_still_exits_0(
     assert re.fullmatch(r"live-stack ctl: the daemon answered: save: cannot write "
                         r"stack-\S+\.tif in \S+: No space left on device\n", ctl.stderr)
 
+    summary = run_live_stack("ctl", "--control", d.control, "status")
+    assert summary.finish() == 0
+    assert re.search(r"^SAVE FAILED \d+ time\(s\), last \d+ s ago: cannot write stack-\S+ "
+                     r"in \S+: No space left on device$", summary.stdout, re.M), summary.stdout
+    assert re.search(r"^disk: +0 MiB free LOW", summary.stdout, re.M), summary.stdout
+
     filler.unlink()  # room again: the next periodic save works and clears the error
     st = d.wait_status(lambda s: s["output"]["save_error"] is None
                        and s["output"]["saves"] > saves_while_full, "a save that works")
