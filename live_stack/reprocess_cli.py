@@ -750,7 +750,10 @@ def reprocess(args: argparse.Namespace) -> int:
         return 2
     if cluster is not None:
         # the workers may run elsewhere: absolute paths, and no progress bars of their own
-        s = dataclasses.replace(settings, quiet=True)
+        calib = dataclasses.replace(calib, **{name: os.path.abspath(getattr(calib, name))
+                                              for name in ("dark", "flat")
+                                              if getattr(calib, name)})
+        s = dataclasses.replace(settings, quiet=True, calib=calib)
         jobs = [Job(os.path.abspath(j.path), tuple(os.path.abspath(o) for o in j.outputs),
                     j.stamps, s) for j in jobs]
     # where each job's outcome goes, and the input as given (a cluster's job has it absolute)
