@@ -45,6 +45,10 @@ SKY_LEVEL = 0.12
 #: :func:`disk_centroid` looks for the disk on every this-many-th pixel first.
 DISK_SEARCH_STEP = 4
 
+#: A frame aligns "too weakly" below this share of the typical (median) strength of the
+#: frames around it (see :func:`accepts`).
+WEAK_SHARE = 0.4
+
 
 @dataclass(frozen=True)
 class AlignParams:
@@ -412,10 +416,24 @@ def align(
                  progress=None if progress is None else
                  (lambda done, total: progress(min(n, done * BATCH), n)),
                  total=(n + BATCH - 1) // BATCH)
-    ok = strength >= params.min_strength
+    ok = accepts(strength, params)
     ok[best] = True
     return GlobalAlignment(shifts=shifts, strength=strength, ok=ok, target_index=best,
                            mode=target.mode, shape=target.shape)
+
+
+def accepts(strength: np.ndarray | float, params: AlignParams,
+            typical: float | None = None) -> np.ndarray:
+    """The one test of whether frames aligned well enough to be used, for both drivers.
+
+    A frame is used when its correlation peak reaches ``params.min_strength`` and, where
+    the ``typical`` (median) strength of the frames around it is known, reaches
+    :data:`WEAK_SHARE` of it as well (a frame off target, or through cloud).
+    """
+    ok = np.asarray(strength) >= params.min_strength
+    if typical is not None:
+        ok &= np.asarray(strength) >= WEAK_SHARE * typical
+    return ok
 
 
 def _batches(frames: Sequence[np.ndarray], size: int):

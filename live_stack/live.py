@@ -42,32 +42,22 @@ from typing import Any, TypeVar
 import numpy as np
 
 from live_stack.align import (
-    AlignParams,
     GlobalTarget,
+    accepts,
     make_global_target,
     measure_shift,
     measure_shifts,
 )
-from live_stack.apgrid import APGrid, APParams, lay_grid
-from live_stack.correlate import Shifts, correlate, correlate_spectra
-from live_stack.dispersion import RGBAlignParams
-from live_stack.drizzle import DrizzleParams, crop_output, downscale, make_sums, scale_points
+from live_stack.apgrid import APGrid, lay_grid
+from live_stack.apstack import APStack, Tally
+from live_stack.drizzle import crop_output, downscale, scale_points
 from live_stack.finish import finish
 from live_stack.frames import check_frame, luminance_u8_or_f32
-from live_stack.local import (
-    LocalParams,
-    extract,
-    inside,
-    make_ap_targets,
-    parse_stack_size,
-    resolve,
-)
-from live_stack.normalize import NormalizeParams
+from live_stack.local import parse_stack_size, stack_count
 from live_stack.parallel import split_run
-from live_stack.quality import QualityMap, QualityParams, box_quality, quality_map
-from live_stack.reference import covered_box, mean_aligned
-from live_stack.sharpen import SharpenParams
-from live_stack.stack import BlendParams, frame_patches, patch_spectra
+from live_stack.pipeline import PHASE_FIELDS, PhaseParams
+from live_stack.quality import QualityMap, box_quality, quality_map
+from live_stack.reference import Reference, ReferenceParams, make_reference, reference_count
 
 R = TypeVar("R")
 
@@ -75,30 +65,23 @@ R = TypeVar("R")
 DROP_REASONS = ("alignment", "quality")
 #: Recent admitted frames looked at for drift and alignment strength.
 RECENT = 16
-#: Frames averaged for the background (where no AP is) of a snapshot, at most.
-BACKGROUND_FRAMES = 16
+#: The live reference rule's default: 16 frames averaged into the reference and the
+#: background (a snapshot makes them again, so their work stays bounded).
+LIVE_REFERENCE = ReferenceParams(min_frames=16, max_frames=16)
 #: Bins of the quality histogram in the statistics.
 HIST_BINS = 20
-#: A frame aligns "too weakly" below this share of the recent median strength.
-WEAK_SHARE = 0.4
 #: Frames that cannot enter the full buffer (quality at or below its worst, no window)
 #: are dropped before they are aligned, except one in this many: those are aligned as
 #: before, so that a change of target (frames that no longer align) is still noticed;
 #: after one fails, every frame is aligned again until one succeeds.
 GATE_SAMPLE = 4
-#: (frame, AP) pairs transformed and measured in one batch: enough to spread over the
-#: threads, few enough for the batch's arrays (26 KB per pair at 80 px) to stay small.
-#: One batch of the 5000 pairs of a first snapshot spent half its time in page faults
-#: and cache misses (its arrays took 126 MB each).
-PAIRS_PER_BATCH = 256
 #: The stack becomes the AP reference only when its sums hold at least this share of
 #: the selected (frame, AP) pairs: before the first snapshot has put them in, the stack
 #: is mostly the globally aligned background, no better than the reference it would
 #: replace, and promoting it would only make every pair in the sums stale.
 PROMOTE_FILLED = 0.5
-#: Fewest frames, and fewest (frame, AP) patches, worth a thread of their own.
+#: Fewest frames worth a thread of their own.
 MIN_FRAMES_PER_THREAD = 2
-MIN_PATCHES_PER_THREAD = 16
 
 
 #: Largest ``buffer_size``; a ``stack_size`` count above it is refused as absurd.
@@ -106,8 +89,9 @@ MAX_BUFFER = 100_000
 
 
 @dataclass(frozen=True)
-class LiveParams:
-    """Parameters of the live stacker (CLI/config prefix ``live_`` for its own fields)."""
+class LiveParams(PhaseParams):
+    """Parameters of the live stacker: the phases' (:class:`~live_stack.pipeline.PhaseParams`,
+    the offline pipeline's too) and its own (CLI/config prefix ``live_``)."""
 
     buffer_size: int = 200  # most frames kept (bounds memory: buffer_size raw frames)
     stack_size: str = "25%"  # frames stacked per AP: a count ("100") or a share of the buffer
@@ -125,15 +109,9 @@ class LiveParams:
     reset_after: int = 60  # consecutive frames that fail to align before starting over
     snapshot_interval: float = 1.0  # seconds between snapshots a driver should take
     threads: int = 2  # threads for the per-frame work: the calling one and threads - 1 more
-    quality: QualityParams = field(default_factory=QualityParams)  # frame quality measure
-    align: AlignParams = field(default_factory=AlignParams)  # global alignment
-    ap: APParams = field(default_factory=APParams)  # AP grid
-    local: LocalParams = field(default_factory=LocalParams)  # per-AP alignment
-    blend: BlendParams = field(default_factory=BlendParams)  # blending
-    drizzle: DrizzleParams = field(default_factory=DrizzleParams)  # drizzle / resampling
-    rgbalign: RGBAlignParams = field(default_factory=RGBAlignParams)  # dispersion correction
-    normalize: NormalizeParams = field(default_factory=NormalizeParams)  # output brightness
-    sharpen: SharpenParams = field(default_factory=SharpenParams)  # output sharpening (off)
+
+    reference: ReferenceParams = field(default_factory=lambda: LIVE_REFERENCE)  # reference
+    # and background, made again at every grid and snapshot: of 16 frames (offline: <= 400)
 
     def __post_init__(self) -> None:
         if not 2 <= self.buffer_size <= MAX_BUFFER:
@@ -163,17 +141,10 @@ class LiveParams:
         if not 1 <= self.threads <= 64:
             raise ValueError(f"threads must be 1..64, got {self.threads}")
 
-    def per_ap(self, fill: int) -> int:
-        """Frames stacked per AP when the buffer holds ``fill`` frames."""
-        value, pct = parse_stack_size(self.stack_size)
-        n = int(round(value / 100.0 * fill)) if pct else int(value)
-        return max(1, min(max(fill, 1), n))
-
 
 #: Parameter names :meth:`LiveStacker.set_param` accepts: the live fields, and the
 #: phases' fields as ``PREFIX_FIELD`` (``ap_size``, ``quality_method``, ...).
-PHASE_PREFIXES = ("quality", "align", "ap", "local", "blend", "drizzle", "rgbalign", "normalize",
-                  "sharpen")
+PHASE_PREFIXES = PHASE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -210,59 +181,6 @@ class Snapshot:
     ap_centres: np.ndarray
     ap_size: int
     box: tuple[int, int, int, int]
-
-
-class _APState:
-    """The per-AP accumulators of one grid.
-
-    ``sel`` is the selection wanted (the best ``n`` buffer frames at each AP) and is
-    kept up to date on every frame, which is cheap bookkeeping. ``contrib`` marks the
-    (frame, AP) pairs whose patches are in ``sums``; :meth:`LiveStacker._sync` brings
-    the sums in line with the selection, applying only the net changes, when a snapshot
-    is taken. At camera rates most selection changes are transient (a frame enters the
-    best ``n`` at an AP and is pushed out again before the next snapshot) and so cost
-    nothing. A measured shift is kept per pair (``measured``, ``okm``, ``dy``, ``dx``)
-    and is not measured again while the reference stays the same.
-
-    ``offset`` is where the current AP targets sit relative to the grid's first
-    reference, per AP: it is added to every shift measured against them, so that pairs
-    measured before and after a reference promotion are placed alike and may be summed
-    together while the older ones are measured again.
-    """
-
-    def __init__(self, grid: APGrid, reference: np.ndarray, slots: int, channels: int,
-                 local: LocalParams, drizzle: DrizzleParams) -> None:
-        m = len(grid)
-        self.grid = grid
-        self.targets = make_ap_targets(reference, grid, local)
-        self.offset = np.zeros((m, 2), dtype=np.float32)
-        self.sums = make_sums(grid, channels, drizzle)
-        self.q = np.full((slots, m), -np.inf, dtype=np.float32)
-        self.sel = np.zeros((slots, m), dtype=bool)
-        self.contrib = np.zeros((slots, m), dtype=bool)
-        self.measured = np.zeros((slots, m), dtype=bool)
-        self.okm = np.zeros((slots, m), dtype=bool)  # measured and trustworthy
-        self.stale = np.zeros((slots, m), dtype=bool)  # in sums, measured on an old reference
-        self.dy = np.zeros((slots, m), dtype=np.float32)
-        self.dx = np.zeros((slots, m), dtype=np.float32)
-        self.n = 0  # frames per AP the selection is kept at
-        # This grid's coordinates minus the stacker's current ones (non-zero for an old
-        # grid that keeps serving snapshots after a re-anchor).
-        self.origin = np.zeros(2)
-
-    def wanted(self) -> np.ndarray:
-        """Pairs selected but not in the sums, and not known to fail."""
-        return self.sel & ~self.contrib & ~(self.measured & ~self.okm)
-
-    def pending(self) -> int:
-        """Pairs whose state in the sums differs from the selection."""
-        return int(self.wanted().sum() + (self.contrib & ~self.sel).sum() + self.stale.sum())
-
-    def clear(self, slot: int) -> None:
-        """Forget a slot's rows (its patches must be out of the sums already)."""
-        for arr in (self.sel, self.contrib, self.measured, self.okm, self.stale):
-            arr[slot] = False
-        self.q[slot] = -np.inf
 
 
 class LiveStacker:
@@ -321,8 +239,8 @@ class LiveStacker:
         self._cells: np.ndarray | None = None
         self._scale = 1
         self._target: GlobalTarget | None = None
-        self._state: _APState | None = None  # serves snapshots
-        self._next: _APState | None = None  # being built after a grid change
+        self._state: APStack | None = None  # serves snapshots
+        self._next: APStack | None = None  # being built after a grid change
         self._warm: list[tuple[np.ndarray, float, np.ndarray, float]] = []
         self._recent: deque[tuple[int, float]] = deque(maxlen=RECENT)  # (slot, strength)
         self._fails = 0
@@ -336,16 +254,15 @@ class LiveStacker:
         self._evicted: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
         self._timing: Counter[str] = Counter()
-        self._local_failed = 0
-        self._local_measured = 0
+        self._tally = Tally()  # local shifts measured, and those that fell back
 
     def _restart(self) -> None:
         """Start a new stack (new target) but keep the running counters."""
         kept = (self._seen, self._admitted, self._dropped, self._evicted, self._events,
-                self._timing, self._local_failed, self._local_measured, self._unaligned)
+                self._timing, self._tally, self._unaligned)
         self.reset()
         (self._seen, self._admitted, self._dropped, self._evicted, self._events,
-         self._timing, self._local_failed, self._local_measured, self._unaligned) = kept
+         self._timing, self._tally, self._unaligned) = kept
 
     def set_param(self, name: str, value: Any) -> LiveParams:
         """Change one parameter while running.
@@ -393,7 +310,7 @@ class LiveStacker:
             self._restart()
         elif name == "stack_size":
             for state in self._states():
-                self._rebalance(state)
+                state.resize(self._per_ap())
         elif name in ("window_frames", "window_seconds"):
             filled = self._filled()
             if len(filled):  # the window ends at the newest frame in the buffer
@@ -596,7 +513,9 @@ class LiveStacker:
         self._admitted += 1
         self._since_reference += 1
         for state in self._states():
-            self._enter(state, slot)
+            state.resize(self._per_ap())
+            state.enter(slot, self._shift[slot] + state.origin,
+                        self._ap_quality(state, np.array([slot]))[0])
         self._timing["admit"] += time.perf_counter() - t2
         self._check_drift()
         return AddResult(admitted=True, reason=None, quality=quality)
@@ -631,46 +550,51 @@ class LiveStacker:
         slots = self._filled()
         if len(slots) == 0:
             return
-        best = slots[np.argsort(-self._gq[slots])]
-        near = [s for s in best if np.all(np.abs(self._shift[s]) < self._max_offset())]
-        use = np.array((near or list(best))[: max(3, min(BACKGROUND_FRAMES, len(best) // 2))])
-        ref = mean_aligned((self._frames[s] for s in use), self._shift[use])
-        box = covered_box(self._shift[use], self._shape[:2])
-        lum = ref if ref.ndim == 2 else luminance_u8_or_f32(ref)
-        grid = lay_grid(lum, self._params.ap, box=box)
-        state = _APState(grid, lum, self._params.buffer_size, self._channels(),
-                         self._params.local, self._params.drizzle)
+        ref = self._reference(np.zeros(2))
+        grid = lay_grid(ref.luminance, self._params.ap, box=ref.box)
+        state = self._new_engine(grid, ref.luminance)
         self._events["grid"] += 1
-        for s in slots:
-            self._ap_quality(state, s)
-        state.n = self._params.per_ap(len(slots))
-        _select_all(state)
+        state.place(slots, self._shift[slots], self._ap_quality(state, slots))
+        state.select((self._per_ap(),))
         if synchronous or self._state is None:
-            self._sync(state)
+            state.sync()
             self._state, self._next = state, None
         else:
             self._next = state
 
+    def _reference(self, origin: np.ndarray) -> Reference:
+        """The reference (:mod:`live_stack.reference`'s rule) of the buffer, in the
+        coordinates ``origin`` away: its best frames, those near the anchor first (the
+        others may have drifted out of the area the grid covers)."""
+        slots = self._filled()
+        best = slots[np.argsort(-self._gq[slots], kind="stable")]
+        near = [s for s in best if np.all(np.abs(self._shift[s]) < self._max_offset())]
+        far = [s for s in best if s not in set(near)]
+        use = np.array(sorted((near + far)[: reference_count(len(slots), self._params.reference)]))
+        return make_reference((self._frames[s] for s in use), self._shift[use] + origin,
+                              self._shape, chosen=use)
+
     # ------------------------------------------------------------------ buffer
-    def _states(self) -> list[_APState]:
+    def _states(self) -> list[APStack]:
         return [s for s in (self._state, self._next) if s is not None]
 
     def _filled(self) -> np.ndarray:
         return np.flatnonzero(self._seq >= 0)
 
-    def _channels(self) -> int:
-        return 3 if len(self._shape) == 3 else 1
+    def _per_ap(self) -> int:
+        """Frames stacked per AP with the buffer as full as it is."""
+        return stack_count(self._params.stack_size, max(len(self._filled()), 1))
 
     def _max_offset(self) -> float:
         return self._params.relay_drift * min(self._shape[:2])
 
     def _weak(self, strength: float) -> bool:
-        if strength < self._params.align.min_strength:
-            return True
+        """Whether a frame aligned too weakly to be used (:func:`~live_stack.align.accepts`,
+        against the recent frames' typical strength once there are enough of them)."""
+        typical = None
         if len(self._recent) >= RECENT // 2:
             typical = float(np.median([s for _, s in self._recent]))
-            return strength < WEAK_SHARE * typical
-        return False
+        return not bool(accepts(strength, self._params.align, typical))
 
     def _free_slot(self, quality: float) -> int | None:
         """A slot for a frame of this quality: an empty one, or the worst frame's."""
@@ -695,7 +619,7 @@ class LiveStacker:
 
     def _remove(self, slot: int) -> None:
         for state in self._states():
-            self._leave(state, slot)
+            state.leave(slot)
         self._frames[slot] = None
         self._gq[slot] = -np.inf
         self._seq[slot] = -1
@@ -715,232 +639,33 @@ class LiveStacker:
             self._remove(int(s))
 
     # ------------------------------------------------------------------ per-AP
-    def _shift_in(self, state: _APState, slot: int) -> np.ndarray:
-        """The global shift of the frame in ``slot``, in the coordinates of ``state``."""
-        return self._shift[slot] + state.origin
+    def _ap_quality(self, state: APStack, slots: np.ndarray) -> np.ndarray:
+        """``(k, m)`` quality of the frames in ``slots`` at ``state``'s APs."""
+        return box_quality(self._cells[slots], self._scale, state.grid.boxes,
+                           self._shift[slots] + state.origin)
 
-    def _centres(self, state: _APState, slot: int, aps: np.ndarray | None = None) -> np.ndarray:
-        """Where the patches of the frame in ``slot`` are cut for ``aps`` (default: all):
-        the APs' centres moved by the frame's whole-pixel global shift."""
-        centres = state.grid.centres if aps is None else state.grid.centres[aps]
-        return centres + np.rint(self._shift_in(state, slot)).astype(np.intp)
-
-    def _ap_quality(self, state: _APState, slot: int) -> None:
-        q = box_quality(self._cells[slot][None], self._scale, state.grid.boxes,
-                        self._shift_in(state, slot)[None])[0]
-        fits = inside(self._centres(state, slot), state.grid.fft_size, self._shape)
-        state.q[slot] = np.where(fits, q, -np.inf)
-
-    def _enter(self, state: _APState, slot: int) -> None:
-        """A new frame in ``slot``: select it where it ranks among the best (bookkeeping)."""
-        self._ap_quality(state, slot)
-        self._rebalance(state)
-        q = state.q[slot]
-        nsel = state.sel.sum(axis=0)
-        take = (nsel < state.n) & np.isfinite(q)
-        full = ~take & np.isfinite(q)
-        if full.any():
-            masked = np.where(state.sel, state.q, np.inf)
-            worst = masked.argmin(axis=0)
-            cols = np.arange(len(q))
-            swap = full & (q > masked[worst, cols])
-            state.sel[worst[swap], cols[swap]] = False
-            take |= swap
-        state.sel[slot, take] = True
-
-    def _leave(self, state: _APState, slot: int) -> None:
-        """The frame in ``slot`` goes: take its patches out, promote the next best."""
-        aps = np.flatnonzero(state.sel[slot])
-        self._subtract(state, [(slot, np.flatnonzero(state.contrib[slot]))])
-        state.clear(slot)
-        if len(aps):
-            self._fill_up(state, aps)
-
-    def _fill_up(self, state: _APState, aps: np.ndarray) -> None:
-        """Select the best unselected frame at each AP with fewer than ``n`` (bookkeeping)."""
-        need = aps[state.sel[:, aps].sum(axis=0) < state.n]
-        while len(need):
-            cand = np.where(state.sel[:, need], -np.inf, state.q[:, need])
-            best = cand.argmax(axis=0)
-            ok = np.isfinite(cand[best, np.arange(len(need))])
-            state.sel[best[ok], need[ok]] = True
-            need = need[ok]
-            need = need[state.sel[:, need].sum(axis=0) < state.n]
-
-    def _rebalance(self, state: _APState) -> None:
-        """Keep ``n`` in step with the buffer fill (a share of the buffer grows with it)."""
-        n = self._params.per_ap(len(self._filled()))
-        if n == state.n:
-            return
-        grow = n > state.n
-        state.n = n
-        if grow:
-            self._fill_up(state, np.arange(len(state.grid)))
-            return
-        nsel = state.sel.sum(axis=0)
-        for a in np.flatnonzero(nsel > n):
-            col = np.where(state.sel[:, a], state.q[:, a], np.inf)
-            state.sel[np.argsort(col)[: nsel[a] - n], a] = False
-
-    def _subtract(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        """Take ``(slot, aps)`` pairs that are in the sums out of them, a batch of about
-        :data:`PAIRS_PER_BATCH` pairs at a time."""
-        for batch in _batches([(slot, aps) for slot, aps in groups if len(aps)]):
-            self._subtract_batch(state, batch)
-
-    def _subtract_batch(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        patches = np.concatenate([
-            frame_patches(self._frames[slot], self._centres(state, slot, aps),
-                          state.grid.fft_size)
-            for slot, aps in groups])
-        pair_slot = np.concatenate([np.full(len(aps), slot) for slot, aps in groups])
-        pair_aps = np.concatenate([aps for _, aps in groups])
-        self._take_out(state, pair_slot, pair_aps, patches, state.dy[pair_slot, pair_aps],
-                       state.dx[pair_slot, pair_aps])
-
-    def _take_out(self, state: _APState, pair_slot: np.ndarray, pair_aps: np.ndarray,
-                  patches: np.ndarray, dy: np.ndarray, dx: np.ndarray,
-                  spec: np.ndarray | None = None) -> None:
-        """Subtract pairs from the sums, given their patches, the shifts they were added
-        with and (if at hand) the patches' transforms (overwritten)."""
-        spectra = _concat(self._split(
-            lambda a, b: state.sums.prepare(
-                pair_aps[a:b], patches[a:b], dy[a:b], dx[a:b],
-                spectra=None if spec is None else spec[a:b], overwrite=True),
-            len(pair_aps), MIN_PATCHES_PER_THREAD))
-        for slot, a, b in _runs(pair_slot):
-            aps = pair_aps[a:b]
-            state.sums.add(aps, spectra[a:b], dy[a:b], dx[a:b], sign=-1)
-            state.contrib[slot, aps] = False
-            state.stale[slot, aps] = False
-
-    def _add(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums,
-        a batch of about :data:`PAIRS_PER_BATCH` pairs at a time."""
-        for batch in _batches(groups):
-            self._add_batch(state, batch)
-
-    def _add_batch(self, state: _APState, groups: list[tuple[int, np.ndarray]]) -> None:
-        """Measure (where not yet measured) and add ``(slot, aps)`` pairs to the sums.
-
-        Every patch is transformed once; the transform serves both the measurement and
-        the stacking. A pair already in the sums (a stale one, measured again on a new
-        reference) is replaced: its old shifted spectrum, made from the same transform,
-        is taken out first.
-        """
-        grid = state.grid
-        cuts = []
-        for slot, aps in groups:
-            aps = aps[~(state.measured[slot, aps] & ~state.okm[slot, aps])]
-            centres = self._centres(state, slot, aps)
-            fits = inside(centres, grid.fft_size, self._shape)
-            # patches that left the frame (after a re-anchor) count as failed
-            state.measured[slot, aps[~fits]] = True
-            state.okm[slot, aps[~fits]] = False
-            if fits.any():
-                cuts.append((slot, aps[fits], centres[fits]))
-        if not cuts:
-            return
-        patches = _concat([frame_patches(self._frames[slot], centres, grid.fft_size)
-                           for slot, _, centres in cuts])
-        pair_aps = np.concatenate([aps for _, aps, _ in cuts])
-        pair_slot = np.concatenate([np.full(len(aps), slot) for slot, aps, _ in cuts])
-        new = ~state.measured[pair_slot, pair_aps]
-        targets = state.targets
-
-        def transform(a: int, b: int) -> tuple[np.ndarray, Shifts | None]:
-            """Spectra of patches a..b-1, and the shifts of the new ones among them."""
-            spec, lum = patch_spectra(patches[a:b])
-            fresh = new[a:b]
-            if not fresh.any():
-                return spec, None
-            return spec, correlate_spectra(_pick(lum, fresh), targets,
-                                           index=_pick(pair_aps[a:b], fresh),
-                                           max_shift=grid.search)
-
-        was_in = state.contrib[pair_slot, pair_aps]
-        if was_in.any():
-            old_dy = state.dy[pair_slot[was_in], pair_aps[was_in]]
-            old_dx = state.dx[pair_slot[was_in], pair_aps[was_in]]
-        parts = self._split(transform, len(patches), MIN_PATCHES_PER_THREAD)
-        spec = _concat([p[0] for p in parts])
-        if was_in.any():
-            self._take_out(state, pair_slot[was_in], pair_aps[was_in], patches[was_in],
-                           old_dy, old_dx, spec[was_in])
-        found = [p[1] for p in parts if p[1] is not None]
-        if found:
-            r = Shifts(dy=_concat([f.dy for f in found]), dx=_concat([f.dx for f in found]),
-                       strength=_concat([f.strength for f in found]),
-                       snr=_concat([f.snr for f in found]))
-            where = np.flatnonzero(new)
-            for slot, a, b in _runs(pair_slot[where]):
-                aps = pair_aps[where[a:b]]
-                # an untrusted shift falls back (local.resolve): every pair is stacked
-                dy, dx, fell = resolve(r.dy[a:b], r.dx[a:b], r.strength[a:b], aps, grid,
-                                       self._params.local, snr=r.snr[a:b])
-                state.measured[slot, aps] = True
-                state.okm[slot, aps] = True
-                state.dy[slot, aps] = dy + state.offset[aps, 0]
-                state.dx[slot, aps] = dx + state.offset[aps, 1]
-                self._local_measured += len(aps)
-                self._local_failed += int(fell.sum())
-        use = state.okm[pair_slot, pair_aps]
-        if not use.any():
-            return
-        # from here on only the pairs that are used; ``spec`` is this call's own array,
-        # so the shifted spectra may take its place
-        pair_slot, pair_aps = _pick(pair_slot, use), _pick(pair_aps, use)
-        patches, spec = _pick(patches, use), _pick(spec, use)
-        dy = state.dy[pair_slot, pair_aps]
-        dx = state.dx[pair_slot, pair_aps]
-        spectra = _concat(self._split(
-            lambda a, b: state.sums.prepare(pair_aps[a:b], patches[a:b], dy[a:b], dx[a:b],
-                                            spectra=spec[a:b], overwrite=True),
-            len(pair_aps), MIN_PATCHES_PER_THREAD))
-        for slot, a, b in _runs(pair_slot):
-            aps = pair_aps[a:b]
-            state.sums.add(aps, spectra[a:b], dy[a:b], dx[a:b])
-            state.contrib[slot, aps] = True
-
-    def _sync(self, state: _APState, budget: int | None = None, *,
-              restale: bool = True) -> None:
-        """Apply the net selection changes (and stale re-measurements) to the sums.
-
-        Three steps, in order: pairs measured on an old reference are measured again
-        (unless ``restale`` is false); pairs no longer selected are taken out; pairs
-        newly selected are put in. With a ``budget``, at most that many pairs are worked
-        on.
-        """
-        left = [np.inf if budget is None else int(budget)]
-        stale = _take(state.stale, left) if restale else []
-        if stale:
-            # no longer selected: out; still selected: measured again and replaced in
-            # the sums, from one cut and one transform of each patch (see _add)
-            self._subtract(state, [(slot, aps[~state.sel[slot, aps]]) for slot, aps in stale])
-            again = [(slot, aps[state.sel[slot, aps]]) for slot, aps in stale]
-            for slot, aps in again:
-                state.measured[slot, aps] = False
-            self._add(state, again)
-        self._subtract(state, _take(state.contrib & ~state.sel, left))
-        self._add(state, _take(state.wanted(), left))
+    def _new_engine(self, grid: APGrid, reference: np.ndarray) -> APStack:
+        p = self._params
+        return APStack(grid, reference, self._frames, shape=self._shape, slots=p.buffer_size,
+                       local=p.local, drizzle=p.drizzle, split=self._split, tally=self._tally)
 
     def _work(self, frames: int) -> None:
         """Spend the budget of a call that took ``frames`` frames: on a grid being built
         (``work_budget`` pairs per frame: the old grid is drifting out of the frame), else
         on stale pairs (``work_budget`` per call: they are good meanwhile, see
-        ``_APState.offset``), else on bringing the sums in line with the selection
+        ``APStack.offset``), else on bringing the sums in line with the selection
         (``sync_budget`` per frame)."""
         budget = self._params.work_budget
         if self._next is not None:
-            self._sync(self._next, budget * frames)
+            self._next.sync(budget * frames)
             if not self._next.pending():
                 self._state, self._next = self._next, None
         elif self._state is not None and self._state.stale.any():
-            self._sync(self._state, budget)
+            self._state.sync(budget)
         elif self._state is not None and self._params.sync_budget:
             # a little of the net selection changes now, so that snapshots stay quick;
             # the rest at the snapshot
-            self._sync(self._state, self._params.sync_budget * frames)
+            self._state.sync(self._params.sync_budget * frames)
 
     def _check_drift(self) -> None:
         """Re-anchor on a recent frame when the object has drifted far from the target."""
@@ -981,53 +706,23 @@ class LiveStacker:
             return
         if state.stale.any():
             return
-        if (state.contrib & state.sel).sum() < PROMOTE_FILLED * state.sel.sum():
+        if state.held() < PROMOTE_FILLED:
             return
         self._since_reference = 0
         image = self._blend(state)
         if image is None:
             return
-        lum = image if image.ndim == 2 else luminance_u8_or_f32(image)
-        grid, local = state.grid, self._params.local
-        targets = make_ap_targets(lum, grid, local)
-        # where the new reference sits against the current targets, AP by AP; an AP
-        # where that is not measured reliably keeps its current target
-        aps = np.arange(len(grid))
-        found = correlate(extract(lum, grid.centres, grid.fft_size), state.targets,
-                          index=aps, max_shift=grid.search)
-        moved = ((found.strength >= local.min_strength) & (found.snr >= local.min_snr)
-                 & (np.abs(found.dy) < grid.search)
-                 & (np.abs(found.dx) < grid.search))
-        targets.spectrum[~moved] = state.targets.spectrum[~moved]
-        if targets.power is not None and state.targets.power is not None:
-            targets.power[~moved] = state.targets.power[~moved]
-        state.offset[moved, 0] += found.dy[moved]
-        state.offset[moved, 1] += found.dx[moved]
-        state.targets = targets
+        state.retarget(image if image.ndim == 2 else luminance_u8_or_f32(image))
         self._events["reference"] += 1
-        state.stale[:] = state.contrib
-        state.measured &= state.contrib
-        state.okm &= state.contrib
 
     # ------------------------------------------------------------------ output
-    def _background(self, state: _APState,
-                    slots: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """Mean of the best frames near the anchor, in ``state``'s coordinates."""
-        best = slots[np.argsort(-self._gq[slots])]
-        near = [s for s in best if np.all(np.abs(self._shift[s]) < self._max_offset())]
-        use = np.array((near or list(best))[: max(1, min(BACKGROUND_FRAMES, len(best) // 4))])
-        shifts = self._shift[use] + state.origin
-        image = mean_aligned((self._frames[s] for s in use), shifts)
-        return image, covered_box(shifts, self._shape[:2])
-
-    def _blend(self, state: _APState) -> np.ndarray | None:
+    def _blend(self, state: APStack) -> np.ndarray | None:
         """The stack as it is in the sums (selection changes not yet applied wait: a
         promotion would measure them again at once)."""
-        slots = self._filled()
-        if not len(slots):
+        if not len(self._filled()):
             return None
-        background, _ = self._background(state, slots)
-        image = state.sums.to_image(state.grid, background, self._params.blend).image
+        background = self._reference(state.origin).image
+        image = state.image(background, self._params.blend).image
         # a drizzled stack serves as the AP reference at the sensor's scale
         return image if image.shape == background.shape else downscale(image, background.shape)
 
@@ -1055,14 +750,14 @@ class LiveStacker:
         try:
             self._maybe_promote_reference()
             if self._next is not None:
-                self._sync(self._next, budget)
+                self._next.sync(budget)
                 if not self._next.pending():
                     self._state, self._next = self._next, None
                 return True
             state = self._state
             if state is None or not state.pending():
                 return False
-            self._sync(state, budget)
+            state.sync(budget)
             return bool(state.pending())
         finally:
             self._timing["catch_up"] += time.perf_counter() - t0
@@ -1082,17 +777,17 @@ class LiveStacker:
         t0 = time.perf_counter()
         self._maybe_promote_reference()
         # pairs measured on an older reference are valid contributions (see
-        # _APState.offset): their new measurement need not hold up the snapshot
-        self._sync(state, restale=False)
+        # APStack.offset): their new measurement need not hold up the snapshot
+        state.sync(restale=False)
         # a promotion that was due but waited for the sums to hold the selection
         # (PROMOTE_FILLED) happens now that they do
         self._maybe_promote_reference()
         t1 = time.perf_counter()
         self._timing["sync"] += t1 - t0
-        background, box = self._background(state, slots)
+        ref = self._reference(state.origin)
+        box = ref.box  # where the background is made of every one of its frames
         p = self._params
-        image, _ = crop_output(state.sums.to_image(state.grid, background, p.blend), box,
-                               p.drizzle)
+        image, _ = crop_output(state.image(ref.image, p.blend), box, p.drizzle)
         image, notes = finish(image, rgbalign=p.rgbalign, normalize_params=p.normalize,
                               sharpen_params=p.sharpen)
         centres = scale_points(state.grid.centres, box, p.drizzle.scale)
@@ -1122,17 +817,22 @@ class LiveStacker:
             "buffer_fill": int(len(slots)),
             "buffer_size": self._params.buffer_size,
             "aps": 0 if state is None else len(state.grid),
-            "frames_per_ap": 0 if state is None else int(state.n),
+            "frames_per_ap": 0 if state is None else int(state.counts[0]),
             "warming_up": self._target is None,
             "pending_work": sum(s.pending() for s in self._states()),
+            # (frame, AP) pairs of the stack that serves snapshots: selected, of those in
+            # the sums, and in the sums but measured on an older reference
+            "pairs": {"selected": 0 if state is None else int(state.sel.sum()),
+                      "held": 0 if state is None else int((state.sel & state.contrib).sum()),
+                      "stale": 0 if state is None else int(state.stale.sum())},
             "quality": {
                 "hist": hist.tolist(),
                 "edges": edges.tolist(),
                 "threshold": float(rel.min()) if full and len(rel) else 0.0,
                 "best": float(self._best_quality),
             },
-            "local_measured": self._local_measured,
-            "local_failed": self._local_failed,
+            "local_measured": self._tally.measured,
+            "local_failed": self._tally.fell_back,
             "events": dict(self._events),
             "timings_ms": {k: round(v * 1e3 / max(self._seen, 1), 4)
                            for k, v in self._timing.items()},
@@ -1149,68 +849,6 @@ def _gate_step(quality: float, worst: float, count: int) -> tuple[bool, int]:
         return False, count
     count += 1
     return count % GATE_SAMPLE != 0, count
-
-
-def _batches(groups: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndarray]]]:
-    """Whole ``(slot, aps)`` groups in batches of about :data:`PAIRS_PER_BATCH` pairs."""
-    batches: list[list[tuple[int, np.ndarray]]] = [[]]
-    size = 0
-    for group in groups:
-        if size and size + len(group[1]) > PAIRS_PER_BATCH:
-            batches.append([])
-            size = 0
-        batches[-1].append(group)
-        size += len(group[1])
-    return batches if batches[0] else []
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    """``np.concatenate(parts)``, without a copy when there is only one part."""
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _pick(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``values[mask]``, without a copy when the mask is all true."""
-    return values if mask.all() else values[mask]
-
-
-def _runs(slots: np.ndarray) -> list[tuple[int, int, int]]:
-    """``(slot, start, stop)`` of each run of equal values in ``slots`` (pairs are listed
-    frame by frame, so each frame's pairs form one run)."""
-    if not len(slots):
-        return []
-    cuts = np.flatnonzero(slots[1:] != slots[:-1]) + 1
-    starts = np.concatenate([[0], cuts])
-    stops = np.concatenate([cuts, [len(slots)]])
-    return [(int(slots[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
-
-
-def _take(mask: np.ndarray, left: list[float]) -> list[tuple[int, np.ndarray]]:
-    """``(slot, aps)`` groups of the pairs set in ``mask``, at most ``left[0]`` of them
-    (``left[0]`` is decreased by the number taken).
-    """
-    groups = []
-    for slot in np.flatnonzero(mask.any(axis=1)):
-        if left[0] <= 0:
-            break
-        aps = np.flatnonzero(mask[slot])
-        if len(aps) > left[0]:
-            aps = aps[: int(left[0])]
-        groups.append((int(slot), aps))
-        left[0] -= len(aps)
-    return groups
-
-
-def _select_all(state: _APState) -> None:
-    """Select the best ``state.n`` frames at every AP from scratch."""
-    q = state.q
-    n = min(state.n, q.shape[0])
-    state.sel[:] = False
-    if n <= 0 or q.shape[1] == 0:
-        return
-    top = np.argpartition(-q, n - 1, axis=0)[:n]
-    cols = np.broadcast_to(np.arange(q.shape[1]), top.shape)
-    state.sel[top, cols] = np.isfinite(q[top, cols])
 
 
 def _coerce(name: str, value: Any, current: Any) -> Any:

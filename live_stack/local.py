@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from live_stack.align import GlobalAlignment
 from live_stack.apgrid import APGrid
-from live_stack.correlate import Shifts, Target, correlate, correlate_spectra, make_target
+from live_stack.correlate import Target, make_target
 from live_stack.quality import Ranking, box_quality
 
 #: Frames whose box-quality table is built at once (bounds memory on long captures).
@@ -166,10 +166,31 @@ def select(
     if not counts or min(counts) < 1:
         raise ValueError(f"counts must be one or more positive frame counts, got {counts}")
     quality = ap_quality(ranking, alignment, grid)
+    rank = best_per_ap(quality, min(max(counts), int(alignment.ok.sum())))
+    return Selection(rank=rank, counts=tuple(int(c) for c in counts), quality=quality)
+
+
+def best_per_ap(quality: np.ndarray, top: int) -> np.ndarray:
+    """The rank of each frame at each AP among the best ``top`` there.
+
+    Parameters
+    ----------
+    quality : numpy.ndarray
+        ``(n, m)`` quality of frame ``f`` at AP ``a``; ``-inf`` where the frame may not be
+        selected.
+    top : int
+        Frames ranked per AP at most.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 ``(n, m)``: 0 for the best frame at the AP, ``-1`` below the best ``top``
+        and where the quality is not finite.
+    """
     n, m = quality.shape
-    top = min(max(counts), int(alignment.ok.sum()))
+    top = min(int(top), n)
     rank = np.full((n, m), -1, dtype=np.int32)
-    if m and top:
+    if m and top > 0:
         best = np.argpartition(-quality, top - 1, axis=0)[:top] if top < n else \
             np.tile(np.arange(n)[:, None], (1, m))
         qbest = np.take_along_axis(quality, best, axis=0)
@@ -177,8 +198,8 @@ def select(
         best = np.take_along_axis(best, order, axis=0)
         cols = np.broadcast_to(np.arange(m), best.shape)
         rank[best, cols] = np.arange(top, dtype=np.int32)[:, None]
-        rank[~alignment.ok] = -1
-    return Selection(rank=rank, counts=tuple(int(c) for c in counts), quality=quality)
+        rank[~np.isfinite(quality)] = -1
+    return rank
 
 
 def make_ap_targets(reference: np.ndarray, grid: APGrid, params: LocalParams) -> Target:
@@ -207,148 +228,6 @@ def inside(centres: np.ndarray, size: int, shape: tuple[int, ...]) -> np.ndarray
     h = size // 2
     return ((centres[:, 0] - h >= 0) & (centres[:, 1] - h >= 0)
             & (centres[:, 0] - h + size <= shape[0]) & (centres[:, 1] - h + size <= shape[1]))
-
-
-@dataclass(frozen=True)
-class LocalShifts:
-    """Result of :func:`measure`: a frame's shifts at some APs.
-
-    Attributes
-    ----------
-    aps : numpy.ndarray
-        Indices of the APs measured.
-    offset : numpy.ndarray
-        int ``(2,)`` integer part of the global shift, where the patches were cut.
-    dy, dx : numpy.ndarray
-        Residual shift of each patch, to be undone when stacking.
-    ok : numpy.ndarray
-        bool: the shift is trustworthy.
-    strength : numpy.ndarray
-        Correlation peak of each patch.
-    """
-
-    aps: np.ndarray
-    offset: np.ndarray
-    dy: np.ndarray
-    dx: np.ndarray
-    ok: np.ndarray
-    strength: np.ndarray
-
-
-def measure(
-    lum: np.ndarray,
-    shift: np.ndarray,
-    aps: np.ndarray,
-    grid: APGrid,
-    targets: Target,
-    params: LocalParams,
-) -> tuple[LocalShifts, np.ndarray]:
-    """Measure a frame's shifts at the given APs.
-
-    Parameters
-    ----------
-    lum : numpy.ndarray
-        The frame's luminance (``uint8``, ``uint16`` or ``float32``).
-    shift : numpy.ndarray
-        The frame's global ``(dy, dx)``.
-    aps : numpy.ndarray
-        Indices of the APs to measure.
-    grid : APGrid
-        The APs.
-    targets : Target
-        From :func:`make_ap_targets`.
-    params : LocalParams
-        Thresholds.
-
-    Returns
-    -------
-    tuple
-        ``(LocalShifts, centres)``: the shifts, and the patch centres in the frame (for
-        cutting the same patches from other channels).
-    """
-    return measure_many([(lum, shift, aps)], grid, targets, params)[0]
-
-
-def measure_many(
-    requests: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    grid: APGrid,
-    targets: Target,
-    params: LocalParams,
-) -> list[tuple[LocalShifts, np.ndarray]]:
-    """:func:`measure` for several frames, with one batched correlation for all.
-
-    Parameters
-    ----------
-    requests : list of tuple
-        ``(lum, shift, aps)`` per frame, as the arguments of :func:`measure`.
-    grid, targets, params
-        As for :func:`measure`.
-
-    Returns
-    -------
-    list of tuple
-        ``(LocalShifts, centres)`` per request, in order.
-    """
-    size = grid.fft_size
-    cuts = []
-    for lum, shift, aps in requests:
-        offset = np.rint(np.asarray(shift, dtype=np.float64)).astype(np.intp)
-        aps = np.asarray(aps, dtype=np.intp)
-        centres = grid.centres[aps] + offset[None, :]
-        fits = inside(centres, size, lum.shape)
-        cuts.append((lum, offset, aps[fits], centres[fits]))
-    total = sum(len(c[2]) for c in cuts)
-    if total:
-        patches = np.concatenate([extract(lum, centres, size) for lum, _, aps, centres in cuts
-                                  if len(aps)])
-        all_aps = np.concatenate([c[2] for c in cuts])
-        r: Shifts = correlate(patches, targets, index=all_aps, max_shift=grid.search)
-    out = []
-    start = 0
-    for _, offset, aps, centres in cuts:
-        k = len(aps)
-        if k == 0:
-            z = np.zeros(0)
-            out.append((LocalShifts(aps, offset, z, z, z.astype(bool), z), centres))
-            continue
-        dy, dx, strength, snr = (v[start : start + k] for v in (r.dy, r.dx, r.strength, r.snr))
-        start += k
-        ok = judge(dy, dx, strength, aps, grid, params, snr=snr)
-        out.append((LocalShifts(aps, offset, dy, dx, ok, strength), centres))
-    return out
-
-
-def measure_spectra(
-    spectra: np.ndarray,
-    aps: np.ndarray,
-    grid: APGrid,
-    targets: Target,
-    params: LocalParams,
-) -> LocalShifts:
-    """Measure one frame's shifts at ``aps`` from its patches' luminance spectra.
-
-    The stacker transforms each patch once and uses the spectrum both here and for
-    stacking (see :func:`live_stack.correlate.correlate_spectra`).
-
-    Parameters
-    ----------
-    spectra : numpy.ndarray
-        complex ``(k, N, N // 2 + 1)`` ``rfft2`` of the luminance patches cut at the
-        APs' centres plus the frame's integer global offset.
-    aps : numpy.ndarray
-        ``(k,)`` their APs (each at most once).
-    grid, targets, params
-        As for :func:`measure`.
-
-    Returns
-    -------
-    LocalShifts
-        ``offset`` is left zero (the caller knows where it cut the patches).
-    """
-    aps = np.asarray(aps, dtype=np.intp)
-    r = correlate_spectra(spectra, targets, index=aps, max_shift=grid.search)
-    ok = judge(r.dy, r.dx, r.strength, aps, grid, params, snr=r.snr)
-    return LocalShifts(aps, np.zeros(2, dtype=np.intp), r.dy, r.dx, ok, r.strength)
 
 
 def judge(dy: np.ndarray, dx: np.ndarray, strength: np.ndarray, aps: np.ndarray, grid: APGrid,

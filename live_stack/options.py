@@ -29,8 +29,18 @@ def field_help(cls: type) -> dict[str, str]:
 
     The class body is found by scanning its module's lines for ``class NAME`` (no
     parsing: ``inspect.getsource`` parses the whole module, which cost most of the
-    ``reprocess`` start-up's option building).
+    ``reprocess`` start-up's option building). A dataclass's inherited fields take
+    their comments from the base class that declares them.
     """
+    helps: dict[str, str] = {}
+    for base in reversed([c for c in cls.__mro__[1:] if dataclasses.is_dataclass(c)]):
+        helps.update(_own_field_help(base))
+    helps.update(_own_field_help(cls))
+    return helps
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
+    """:func:`field_help` of the fields written in ``cls``'s own body."""
     try:
         filename = inspect.getsourcefile(cls)
     except TypeError:

@@ -6,9 +6,9 @@
     alignment = align.align(frames, ranking, params.align)
     reference = reference.build_reference(frames, ranking, alignment, params.reference)
     grid      = apgrid.lay_grid(reference.luminance, params.ap, box=reference.box)
-    selection = local.select(ranking, alignment, grid, counts)
-    sums      = stack_aps(frames, alignment, reference, grid, selection, params.local)
-    images    = stack.blend(...) per stack size, cropped to the area the frames cover
+    quality   = local.ap_quality(ranking, alignment, grid)
+    engine, selection = stack_aps(frames, alignment, reference, grid, quality, counts, ...)
+    images    = stack.blend(...) per stack size, cropped to the area the reference frames cover
     images    = finish.finish(image, ...): rgb-align, normalize, sharpen (all off by default)
 
 With ``params.drizzle`` the sums are drizzled onto a finer grid (or the images
@@ -21,52 +21,41 @@ functions frame by frame.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from live_stack.align import AlignParams, GlobalAlignment, align
 from live_stack.apgrid import APGrid, APParams, lay_grid
-from live_stack.correlate import correlate_spectra
+from live_stack.apstack import APStack, in_pieces
 from live_stack.dispersion import RGBAlignParams
-from live_stack.drizzle import DrizzleParams, DrizzleSums, crop_output, make_sums
+from live_stack.drizzle import DrizzleParams, crop_output
 from live_stack.finish import finish
-from live_stack.local import (
-    LocalParams,
-    Selection,
-    inside,
-    make_ap_targets,
-    parse_stack_size,
-    resolve,
-    select,
-    stack_count,
-)
+from live_stack.local import LocalParams, Selection, ap_quality, parse_stack_size, stack_count
 from live_stack.normalize import NormalizeParams
-from live_stack.parallel import run_in_order
 from live_stack.quality import QualityParams, Ranking, rank
-from live_stack.reference import Reference, ReferenceParams, build_reference, covered_box
+from live_stack.reference import Reference, ReferenceParams, build_reference
 from live_stack.sharpen import SharpenParams
-from live_stack.stack import BlendParams, PatchSums, frame_patches, patch_spectra
+from live_stack.stack import BlendParams
 
 #: ``progress(phase, done, total)``.
 PhaseProgress = Callable[[str, int, int], None]
 
-#: Patches measured and stacked in one batch (the frames of a batch are added until it
-#: holds this many): big enough to amortise the per-call work, small enough that the
-#: batches in flight stay small for large frames.
-PATCHES_PER_BATCH = 128
-#: Frames in one batch at most.
-FRAMES_PER_BATCH = 8
+#: Pieces each batch of (frame, AP) pairs is cut into for the threads: the same whatever
+#: their number, so that the stack does not depend on it.
+PIECES = 4
 
 PHASES = ("rank", "align", "reference", "grid", "select", "stack", "blend")
 
 
 @dataclass(frozen=True)
-class PipelineParams:
-    """All the parameters of the offline pipeline, one small dataclass per phase."""
+class PhaseParams:
+    """The parameters of the phases, one small dataclass each: the fields the offline
+    pipeline (:class:`PipelineParams`) and the live stacker
+    (:class:`live_stack.live.LiveParams`) share."""
 
     quality: QualityParams = field(default_factory=QualityParams)  # frame quality measure
     align: AlignParams = field(default_factory=AlignParams)  # global alignment
@@ -74,12 +63,23 @@ class PipelineParams:
     ap: APParams = field(default_factory=APParams)  # alignment-point grid
     local: LocalParams = field(default_factory=LocalParams)  # per-AP alignment
     blend: BlendParams = field(default_factory=BlendParams)  # blending of the AP stacks
-    stack_sizes: tuple[str, ...] = ("10%",)  # frames per AP: counts ("200") or shares ("10%")
-    threads: int = 2  # worker threads for the per-frame work
     drizzle: DrizzleParams = field(default_factory=DrizzleParams)  # drizzle / resampling
     rgbalign: RGBAlignParams = field(default_factory=RGBAlignParams)  # dispersion correction
     normalize: NormalizeParams = field(default_factory=NormalizeParams)  # output brightness
     sharpen: SharpenParams = field(default_factory=SharpenParams)  # output sharpening (off)
+
+
+#: The field names of :class:`PhaseParams` (the prefixes of their fields' names on the
+#: command line, in the config and in ``set_param``: ``ap_size``, ``local_outlier``...).
+PHASE_FIELDS = tuple(f.name for f in fields(PhaseParams))
+
+
+@dataclass(frozen=True)
+class PipelineParams(PhaseParams):
+    """All the parameters of the offline pipeline: the phases' and its own."""
+
+    stack_sizes: tuple[str, ...] = ("10%",)  # frames per AP: counts ("200") or shares ("10%")
+    threads: int = 2  # worker threads for the per-frame work
 
     def __post_init__(self) -> None:
         if not self.stack_sizes:
@@ -103,7 +103,8 @@ class StackImage:
     frames_per_ap : int
         Frames selected at each AP.
     image : numpy.ndarray
-        float32 ``[0, 1]`` image, cropped to the area every contributing frame covers.
+        float32 ``[0, 1]`` image, cropped to the area every reference frame covers (the APs
+        stack only patches wholly inside their frames).
     box : tuple
         ``(y0, x0, y1, x1)`` of the crop in reference coordinates.
     ap_weight : numpy.ndarray
@@ -156,132 +157,55 @@ class PipelineResult:
         }
 
 
-def _batch_bounds(per_frame: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, stop)`` of consecutive frames holding about PATCHES_PER_BATCH patches."""
-    bounds = []
-    start = 0
-    count = 0
-    for i, k in enumerate(per_frame):
-        count += int(k)
-        if count >= PATCHES_PER_BATCH or i + 1 - start >= FRAMES_PER_BATCH:
-            bounds.append((start, i + 1))
-            start, count = i + 1, 0
-    if start < len(per_frame):
-        bounds.append((start, len(per_frame)))
-    return bounds
-
-
 def stack_aps(
     frames: Sequence[np.ndarray],
     alignment: GlobalAlignment,
     reference: Reference,
     grid: APGrid,
-    selection: Selection,
+    quality: np.ndarray,
+    counts: tuple[int, ...],
     params: LocalParams = LocalParams(),
     *,
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
     drizzle: DrizzleParams | None = None,
-) -> tuple[list[PatchSums | DrizzleSums], np.ndarray, int, int]:
-    """Measure the local shifts of the selected frames and sum their shifted patches.
+) -> tuple[APStack, Selection]:
+    """Select the best frames at each AP, measure their local shifts, sum their patches.
 
-    Frames are read once each, in capture order (cheap for video files), and only if they
-    are selected at one AP at least.
+    The whole capture is entered into one :class:`~live_stack.apstack.APStack` (a slot
+    per frame), the best ``max(counts)`` frames are selected at each AP, and one sync
+    measures and adds every selected pair, frame after frame in capture order (so each
+    frame is read once, and only if it is selected at one AP at least).
+
+    Parameters
+    ----------
+    quality : numpy.ndarray
+        ``(n, m)`` frame quality at each AP (:func:`live_stack.local.ap_quality`).
+    counts : tuple of int
+        Frames per AP of each stack size: one sum each.
 
     Returns
     -------
     tuple
-        ``(sums, used, measured, failed)``: one :class:`PatchSums` per stack size (in
-        ``selection.counts`` order; :class:`~live_stack.drizzle.DrizzleSums` when
-        ``drizzle`` asks for it), the indices of the frames that contributed, the
-        number of (frame, AP) shifts measured, and how many were left out.
+        ``(engine, selection)``: the engine holding one sum per stack size, and the
+        selection it made.
     """
-    targets = make_ap_targets(reference.luminance, grid, params)
-    channels = 1 if reference.image.ndim == 2 else 3
-    sums = [make_sums(grid, channels, drizzle or DrizzleParams()) for _ in selection.counts]
-    todo = selection.frames()
-    used = np.zeros(len(frames), dtype=bool)
-    # The chunks are added to the sums in capture order, whichever thread finishes
-    # first, so that the result does not depend on the timing (floating-point sums
-    # depend on their order). A chunk waits only for earlier chunks, which the pool has
-    # already started (it takes them in order), and every chunk takes its turn even when
-    # it failed: no deadlock.
-    turn = threading.Condition()
-    next_chunk = [0]
-    tally = [0, 0]
-
-    def work(item: tuple[int, list[tuple[int, np.ndarray]]]) -> None:
-        index, chunk = item
-        result = None
-        try:
-            result = measure_chunk(chunk)
-        finally:
-            with turn:
-                turn.wait_for(lambda: next_chunk[0] == index)
-                try:
-                    if result is not None:
-                        add_chunk(*result)
-                finally:
-                    next_chunk[0] += 1
-                    turn.notify_all()
-
-    def measure_chunk(chunk: list[tuple[int, np.ndarray]]):
-        # cut every selected patch of the chunk's frames, then transform and measure
-        # them in one batch (the transforms release the GIL; batching keeps the
-        # per-call Python work small)
-        cuts = []
-        for f, frame in chunk:
-            aps = np.flatnonzero(selection.rank[f] >= 0)
-            centres = grid.centres[aps] + np.rint(alignment.shifts[f]).astype(np.intp)
-            fits = inside(centres, grid.fft_size, frame.shape)
-            cuts.append((f, aps[fits], frame_patches(frame, centres[fits], grid.fft_size)))
-        measured = sum(len(aps) for _, aps, _ in cuts)
-        if not measured:
-            return None
-        patches = np.concatenate([p for _, _, p in cuts])
-        all_aps = np.concatenate([aps for _, aps, _ in cuts])
-        spec, lum = patch_spectra(patches)
-        r = correlate_spectra(lum, targets, index=all_aps, max_shift=grid.search)
-        # an untrusted shift falls back (local.resolve): every patch is stacked
-        dy, dx = np.empty(measured), np.empty(measured)
-        fell = np.zeros(measured, dtype=bool)
-        start = 0
-        for _, aps, _ in cuts:
-            part = slice(start, start + len(aps))
-            dy[part], dx[part], fell[part] = resolve(r.dy[part], r.dx[part], r.strength[part],
-                                                     aps, grid, params, snr=r.snr[part])
-            start += len(aps)
-        ok = np.ones(measured, dtype=bool)
-        spectra = sums[0].prepare(all_aps[ok], patches[ok], dy, dx, spectra=spec[ok],
-                                  overwrite=True)  # spec[ok] is a copy
-        frame_of = np.concatenate([np.full(len(aps), f) for f, aps, _ in cuts])[ok]
-        aps_ok = all_aps[ok]
-        return measured, fell, frame_of, aps_ok, spectra, dy, dx
-
-    def add_chunk(measured, fell, frame_of, aps_ok, spectra, dy, dx) -> None:
-        tally[0] += measured
-        tally[1] += int(fell.sum())
-        for f in np.unique(frame_of):
-            mine = frame_of == f
-            used[f] = True
-            ranks = selection.rank[f][aps_ok[mine]]
-            for acc, count in zip(sums, selection.counts, strict=True):
-                keep = np.flatnonzero(mine)[ranks < count]
-                if len(keep):
-                    acc.add(aps_ok[keep], spectra[keep], dy[keep], dx[keep])
-
-    per_frame = (selection.rank[todo] >= 0).sum(axis=1) if len(todo) else np.zeros(0, int)
-    bounds = _batch_bounds(per_frame)
-
-    def chunks():
-        for index, (start, stop) in enumerate(bounds):
-            yield index, [(int(f), frames[int(f)]) for f in todo[start:stop]]
-
-    run_in_order(work, chunks(), threads=threads,
-                 progress=None if progress is None else
-                 (lambda done, total: progress(bounds[done - 1][1], len(todo))),
-                 total=len(bounds))
-    return sums, np.flatnonzero(used), tally[0], tally[1]
+    n = len(frames)
+    shape = alignment.shape if reference.image.ndim == 2 else alignment.shape + (3,)
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+    try:
+        engine = APStack(grid, reference.luminance, frames, shape=shape, slots=n,
+                         sizes=len(counts), local=params, drizzle=drizzle or DrizzleParams(),
+                         split=in_pieces(pool, PIECES))
+        usable = np.flatnonzero(alignment.ok)
+        engine.place(usable, alignment.shifts[usable], quality[usable])
+        rank = engine.select(counts)
+        engine.sync(progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return engine, Selection(rank=rank, counts=tuple(int(c) for c in counts),
+                             quality=engine.q)
 
 
 def run(
@@ -336,22 +260,21 @@ def run(
     t = time.perf_counter()
     usable = int(alignment.ok.sum())
     counts = tuple(stack_count(size, usable) for size in params.stack_sizes)
-    selection = select(ranking, alignment, grid, counts)
+    quality = ap_quality(ranking, alignment, grid)
     timings["select"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sums, used, measured, failed = stack_aps(
-        frames, alignment, reference, grid, selection, params.local, threads=params.threads,
-        progress=report("stack"), drizzle=params.drizzle)
+    engine, selection = stack_aps(
+        frames, alignment, reference, grid, quality, counts, params.local,
+        threads=params.threads, progress=report("stack"), drizzle=params.drizzle)
     timings["stack"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    contributing = np.union1d(used, reference.frames)
-    box = covered_box(alignment.shifts[contributing], alignment.shape)
+    box = reference.box  # where the background is made of every one of its frames
     stacks = []
-    for size, count, s in zip(params.stack_sizes, counts, sums, strict=True):
-        image, ap_weight = crop_output(s.to_image(grid, reference.image, params.blend), box,
-                                       params.drizzle)
+    for k, (size, count) in enumerate(zip(params.stack_sizes, counts, strict=True)):
+        image, ap_weight = crop_output(engine.image(reference.image, params.blend, size=k),
+                                       box, params.drizzle)
         image, notes = finish(image, rgbalign=params.rgbalign, normalize_params=params.normalize,
                               sharpen_params=params.sharpen)
         stacks.append(StackImage(size=size, frames_per_ap=count, image=image, box=box,
@@ -359,5 +282,6 @@ def run(
     timings["blend"] = time.perf_counter() - t
     return PipelineResult(stacks=tuple(stacks), ranking=ranking, alignment=alignment,
                           reference=reference, grid=grid, selection=selection,
-                          local_failed=failed, local_measured=measured, timings=timings,
+                          local_failed=engine.tally.fell_back,
+                          local_measured=engine.tally.measured, timings=timings,
                           frames=n)

@@ -139,7 +139,27 @@ def build_reference(
     if not usable:
         raise ValueError("no frame could be aligned")
     chosen = np.array(sorted(usable[: reference_count(len(usable), params)]))
-    image = mean_aligned((frames[int(i)] for i in chosen), alignment.shifts[chosen])
-    box = covered_box(alignment.shifts[chosen], alignment.shape)
+    return make_reference((frames[int(i)] for i in chosen), alignment.shifts[chosen],
+                          alignment.shape, chosen=chosen)
+
+
+def make_reference(frames: Iterable[np.ndarray], shifts: np.ndarray,
+                   shape: tuple[int, ...], *, chosen: np.ndarray) -> Reference:
+    """The reference made of the chosen frames: their globally aligned mean, its
+    luminance, and the area they all cover.
+
+    Parameters
+    ----------
+    frames : iterable of numpy.ndarray
+        The chosen frames, in the order of ``shifts``.
+    shifts : numpy.ndarray
+        ``(k, 2)`` their global ``(dy, dx)``.
+    shape : tuple
+        ``(H, W)`` of the frames.
+    chosen : numpy.ndarray
+        Their indices (kept in :attr:`Reference.frames`).
+    """
+    image = mean_aligned(frames, shifts)
+    box = covered_box(shifts, shape[:2])
     lum = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return Reference(image=image, luminance=lum, frames=chosen, box=box)
+    return Reference(image=image, luminance=lum, frames=np.asarray(chosen), box=box)

@@ -18,8 +18,12 @@ from live_stack.simulate.score import score
 
 #: Frames per add_batch call, as a driver would hand them over.
 CHUNK = 10
-#: Largest PSNR difference (dB) between a live replay and the offline pipeline.
-EQUIVALENCE_DB = 0.5
+#: Largest PSNR difference (dB) between a live replay that collects the whole capture
+#: before it starts and the offline pipeline (measured: 0.000 on every scene).
+EQUIVALENCE_DB = 0.05
+#: The same with the default warm-up: the live target, reference and grid are made of
+#: the first frames only, so the stack differs a little.
+WARMUP_DB = 0.5
 #: The last snapshot is within this many dB of the best one (convergence).
 SETTLED_DB = 0.3
 
@@ -45,7 +49,27 @@ def feed(st: LiveStacker, frames, timestamps=None, *, every: int | None = None,
 
 # ---------------------------------------------------------------- equivalence
 @pytest.mark.parametrize("scene", ["moon", "planet", "sun"])
-def test_replay_matches_the_offline_pipeline(sim_capture, offline_result, scene) -> None:
+def test_replay_is_the_offline_stack(sim_capture, scene) -> None:
+    """Window everything, the same frames per AP and the same reference rule, the whole
+    capture collected before the start: the live stacker makes every decision on the
+    same frames by the same rules as the offline pipeline, so the stacks agree."""
+    cap = sim_capture(scene)
+    offline = run(cap.frames, PipelineParams()).stacks[0]
+    n = len(cap.frames)
+    st = LiveStacker(everything(n, stack_size=str(offline.frames_per_ap), warmup=n,
+                                reference=PipelineParams().reference))
+    feed(st, cap.frames, cap.info.timestamps)
+    snap = st.snapshot()
+    assert snap.stats["frames_per_ap"] == offline.frames_per_ap
+    assert snap.box == offline.box
+    live_psnr = score(snap.image, cap.truth).psnr
+    offline_psnr = score(offline.image, cap.truth).psnr
+    assert live_psnr == pytest.approx(offline_psnr, abs=EQUIVALENCE_DB)
+    np.testing.assert_allclose(snap.image, offline.image, atol=1e-3)
+
+
+@pytest.mark.parametrize("scene", ["moon", "planet", "sun"])
+def test_replay_after_the_default_warmup_is_close(sim_capture, offline_result, scene) -> None:
     """Frame by frame, window everything, the same frames per AP: within 0.5 dB."""
     cap = sim_capture(scene)
     offline = offline_result(scene).stacks[0]
@@ -60,7 +84,7 @@ def test_replay_matches_the_offline_pipeline(sim_capture, offline_result, scene)
     assert snap.stats["frames_per_ap"] == offline.frames_per_ap
     live_psnr = score(snap.image, cap.truth).psnr
     offline_psnr = score(offline.image, cap.truth).psnr
-    assert live_psnr == pytest.approx(offline_psnr, abs=EQUIVALENCE_DB)
+    assert live_psnr == pytest.approx(offline_psnr, abs=WARMUP_DB)
 
 
 # ---------------------------------------------------------------- convergence
@@ -341,32 +365,6 @@ def test_two_threads_give_the_same_stack_as_one(sim_capture) -> None:
     np.testing.assert_allclose(snaps[0].image, snaps[1].image, atol=1e-6)
 
 
-def test_sums_hold_exactly_the_pairs_marked_in_them(sim_capture) -> None:
-    """After reference promotions (every pair in the sums measured again and replaced,
-    from one transform of its patch) and evictions, each AP's sum is the sum of the
-    shifted spectra of the pairs marked as in it, with the shifts recorded for them."""
-    from live_stack.stack import frame_spectra
-
-    cap = sim_capture("moon")
-    with LiveStacker(LiveParams(buffer_size=30, warmup=20, reference_interval=10,
-                                threads=1)) as st:
-        for i in range(0, len(cap.frames), CHUNK):  # promotions happen at snapshots
-            st.add_batch(cap.frames[i : i + CHUNK], list(cap.info.timestamps[i : i + CHUNK]))
-            st.snapshot()
-        state = st._state
-        assert st.stats()["events"]["reference"] >= 2  # promotions happened
-        st._sync(state)  # stale pairs too: all measured on the current reference
-        expected = np.zeros_like(state.sums.spectra)
-        for slot in np.flatnonzero(state.contrib.any(axis=1)):
-            aps = np.flatnonzero(state.contrib[slot])
-            expected[aps] += frame_spectra(st._frames[slot], st._centres(state, slot, aps),
-                                           state.grid.fft_size, state.dy[slot, aps],
-                                           state.dx[slot, aps])
-        np.testing.assert_array_equal(state.sums.counts, state.contrib.sum(axis=0))
-        scale = np.abs(expected).max()
-        np.testing.assert_allclose(state.sums.spectra, expected, atol=1e-4 * scale)
-
-
 def test_catch_up_does_the_deferred_work_and_changes_nothing_else(sim_capture) -> None:
     """Selection changes wait for a snapshot (sync_budget 0) or for catch_up(); the stack
     is the same either way, and a caught-up stacker's snapshot has nothing left to do."""
@@ -404,13 +402,11 @@ def test_pairs_on_the_old_and_the_new_reference_sum_alike(sim_capture) -> None:
         assert st.stats()["events"].get("reference", 0) == 0
         st.add_batch(cap.frames[half:], list(cap.info.timestamps[half:]))
         mixed = st.snapshot()  # promotes, then adds the waiting pairs on the new reference
-        state = st._state
         assert st.stats()["events"]["reference"] == 1
-        assert state.stale.sum() > 100  # many pairs still on the old reference
-        assert np.abs(state.offset).max() > 0.05  # the new reference sits elsewhere
+        assert st.stats()["pairs"]["stale"] > 100  # many pairs still on the old reference
         while st.catch_up(64):
             pass
-        assert not state.stale.any()
+        assert st.stats()["pairs"]["stale"] == 0
         settled = st.snapshot()
     a, b = score(mixed.image, cap.truth).psnr, score(settled.image, cap.truth).psnr
     # measured: 0.005 dB apart; 0.05 dB without the offset (the old pairs sit up to
@@ -425,20 +421,19 @@ def test_a_stack_not_yet_in_the_sums_is_not_promoted(sim_capture) -> None:
     cap = sim_capture("moon")
     params = LiveParams(buffer_size=60, warmup=10, reference_interval=20, threads=1)
     with LiveStacker(params) as st:
-        feed(st, cap.frames[:80], cap.info.timestamps[:80])
-        state = st._state
-        assert st._since_reference >= 20  # due
+        feed(st, cap.frames[:80], cap.info.timestamps[:80])  # 70 admitted: a promotion is due
         # the warm-up's selection went in at the start; most of today's has not
-        held = (state.contrib & state.sel).sum()
-        assert held < PROMOTE_FILLED * state.sel.sum() - 1
+        pairs = st.stats()["pairs"]
+        assert pairs["held"] < PROMOTE_FILLED * pairs["selected"] - 1
         st.catch_up(1)
         assert st.stats()["events"].get("reference", 0) == 0
-        assert (state.contrib & state.sel).sum() <= held + 1  # the one pair it was given
+        assert st.stats()["pairs"]["held"] <= pairs["held"] + 1  # the one pair it was given
         # puts the selection in, then promotes: every pair in the sums is to be
         # measured again (the snapshot itself is the stack before the promotion)
         st.snapshot()
         assert st.stats()["events"]["reference"] == 1
-        assert state.stale.sum() > 0.9 * state.contrib.sum() > 100
+        pairs = st.stats()["pairs"]
+        assert pairs["stale"] > 0.9 * pairs["held"] > 100
 
 
 def test_re_measuring_after_a_promotion_is_bounded_per_call(sim_capture) -> None:
@@ -452,8 +447,7 @@ def test_re_measuring_after_a_promotion_is_bounded_per_call(sim_capture) -> None
         feed(st, cap.frames[:80], cap.info.timestamps[:80])
         st.snapshot()
         st.catch_up(1)  # promotes
-        state = st._state
-        stale = int(state.stale.sum())
+        stale = st.stats()["pairs"]["stale"]
         assert stale > 4 * budget
         for start in (80, 112):  # two calls of 32 frames
             measured = st.stats()["local_measured"]
@@ -462,12 +456,12 @@ def test_re_measuring_after_a_promotion_is_bounded_per_call(sim_capture) -> None
             # new selections wait for a snapshot (sync_budget 0): what is measured is
             # stale pairs, at most one call's budget (32 frames' worth before)
             assert 0 < st.stats()["local_measured"] - measured <= budget
-            now = int(state.stale.sum())
+            now = st.stats()["pairs"]["stale"]
             assert now < stale
             stale = now
         while st.catch_up(64):
             pass
-        assert not state.stale.any()
+        assert st.stats()["pairs"]["stale"] == 0
 
 
 def test_frames_that_cannot_enter_are_dropped_before_aligning(sim_capture) -> None:

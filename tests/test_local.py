@@ -1,4 +1,5 @@
-"""Per-AP selection and local shifts: stack sizes, best frames per AP, shifts, outliers."""
+"""Per-AP selection: stack sizes and the best frames per AP (the local shifts are
+measured by the engine, tests/test_apstack.py)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,17 @@ import numpy as np
 import pytest
 
 from live_stack.align import GlobalAlignment
-from live_stack.apgrid import APGrid, APParams, lay_grid
-from live_stack.correlate import correlate
+from live_stack.apgrid import APGrid
 from live_stack.local import (
     LocalParams,
     ap_quality,
     extract,
     inside,
-    make_ap_targets,
-    measure,
-    measure_many,
     parse_stack_size,
     select,
     stack_count,
 )
 from live_stack.quality import QualityParams, Ranking
-
-H, W = 240, 320
-#: Largest error of a local (per-AP) shift, pixels.
-LOCAL_TOL = 0.15
 
 
 # ---------------------------------------------------------------- stack sizes
@@ -148,96 +141,6 @@ def test_extract_and_inside() -> None:
     pc = extract(rgb, centres[:1], 8)
     assert pc.shape == (1, 8, 8, 3)
     assert np.array_equal(pc[0, :, :, 2], image[6:14, 6:14] + 2)
-
-
-# ---------------------------------------------------------------- local shifts
-@pytest.fixture(scope="module")
-def moon(scene_canvas):
-    return scene_canvas("moon", 400, 320)
-
-
-@pytest.fixture(scope="module")
-def ap_setup(moon, shifted_view):
-    ref = shifted_view(moon, 0, 0, (H, W)).astype(np.float32)
-    # neighbours three quarters of a box apart, so a block pasted over one AP's patch
-    # leaves most of its neighbours' patches alone (a lone outlier to catch)
-    grid = lay_grid(ref, APParams(size=32, step=24, search=8))
-    targets = make_ap_targets(ref, grid, LocalParams())
-    return ref, grid, targets
-
-
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
-@pytest.mark.parametrize(("shift", "given"), [((1.3, -0.6), (0.0, 0.0)),
-                                               ((1.3, -0.6), (1.0, -1.0)),
-                                               ((-12.4, 20.7), (-12.1, 20.9))])
-def test_measure_recovers_local_shifts(moon, shifted_view, as_dtype, ap_setup, dtype, shift,
-                                       given) -> None:
-    ref, grid, targets = ap_setup
-    frame = as_dtype(shifted_view(moon, *shift, (H, W), noise=0.01, seed=1), dtype)
-    aps = np.arange(len(grid))
-    res, centres = measure(frame, np.array(given), aps, grid, targets, LocalParams())
-    offset = np.rint(given).astype(int)
-    assert list(res.offset) == list(offset)
-    assert np.array_equal(centres, grid.centres[res.aps] + offset)
-    assert len(res.aps) >= 0.8 * len(grid)  # all but the APs pushed off the frame
-    assert res.ok.mean() > 0.95
-    assert np.allclose(res.dy[res.ok] + offset[0], shift[0], atol=LOCAL_TOL)
-    assert np.allclose(res.dx[res.ok] + offset[1], shift[1], atol=LOCAL_TOL)
-
-
-def test_measure_leaves_out_outliers_and_weak_patches(moon, shifted_view, ap_setup) -> None:
-    ref, grid, targets = ap_setup
-    frame = shifted_view(moon, 1.3, -0.6, (H, W), noise=0.01, seed=2).astype(np.float32)
-    nb = (grid.neighbours >= 0).sum(axis=1)
-    inner = np.flatnonzero(nb == 8)
-    odd, noisy = int(inner[0]), int(inner[-1])
-    half = grid.fft_size // 2
-    # AP "odd": its content moved 5 px further down (a lone mis-measurement to catch)
-    cy, cx = grid.centres[odd]
-    moved = shifted_view(moon, 6.3, -0.6, (H, W)).astype(np.float32)
-    box = (slice(cy - half, cy + half), slice(cx - half, cx + half))
-    frame[box] = moved[box]
-    # AP "noisy": nothing but noise (a cloud, a hot pixel cluster)
-    cy, cx = grid.centres[noisy]
-    box = (slice(cy - half, cy + half), slice(cx - half, cx + half))
-    frame[box] = np.random.default_rng(3).normal(0.5, 0.1, frame[box].shape)
-    res, _ = measure(frame, np.zeros(2), np.arange(len(grid)), grid, targets, LocalParams())
-    where = {int(a): i for i, a in enumerate(res.aps)}
-    assert res.dy[where[odd]] == pytest.approx(6.3, abs=0.5)  # measured, then rejected
-    assert not res.ok[where[odd]]
-    assert not res.ok[where[noisy]]
-    # the noise-only patch's peak is below the noise-calibrated threshold
-    lone = correlate(extract(frame, grid.centres[[noisy]], grid.fft_size), targets,
-                     index=np.array([noisy]), max_shift=grid.search)
-    assert lone.snr[0] < LocalParams().min_snr
-    others = np.ones(len(res.aps), bool)
-    others[[where[odd], where[noisy]]] = False
-    assert res.ok[others].mean() > 0.9
-    # a looser outlier threshold keeps the displaced AP
-    loose, _ = measure(frame, np.zeros(2), np.arange(len(grid)), grid, targets,
-                       LocalParams(outlier=8.0))
-    assert loose.ok[where[odd]]
-
-
-def test_measure_many_matches_measure(moon, shifted_view, ap_setup) -> None:
-    ref, grid, targets = ap_setup
-    frames = [shifted_view(moon, d, -d, (H, W), noise=0.01, seed=i).astype(np.float32)
-              for i, d in enumerate((0.4, 2.6))]
-    aps = [np.arange(0, len(grid), 2), np.arange(1, len(grid), 3)]
-    shifts = [np.zeros(2), np.array([3.0, -3.0])]
-    many = measure_many(list(zip(frames, shifts, aps, strict=True)), grid, targets,
-                        LocalParams())
-    for f, s, a, (res, centres) in zip(frames, shifts, aps, many, strict=True):
-        one, c1 = measure(f, s, a, grid, targets, LocalParams())
-        assert np.array_equal(res.aps, one.aps) and np.array_equal(centres, c1)
-        assert np.allclose(res.dy, one.dy) and np.array_equal(res.ok, one.ok)
-
-
-def test_measure_with_no_ap_inside(ap_setup) -> None:
-    ref, grid, targets = ap_setup
-    res, centres = measure(ref, np.array([500.0, 0.0]), np.arange(len(grid)), grid, targets,
-                           LocalParams())
-    assert len(res.aps) == 0 and len(centres) == 0 and res.ok.dtype == bool
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

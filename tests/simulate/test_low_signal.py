@@ -10,7 +10,7 @@ from live_stack.align import AlignParams, align
 from live_stack.apgrid import APParams, lay_grid
 from live_stack.io import open_source
 from live_stack.io.images import read_image
-from live_stack.local import LocalParams, select
+from live_stack.local import LocalParams, ap_quality
 from live_stack.pipeline import PipelineParams, run, stack_aps
 from live_stack.quality import QualityParams, rank
 from live_stack.reference import ReferenceParams, build_reference
@@ -39,13 +39,13 @@ def test_every_ap_stacks_the_asked_number_of_frames(capture) -> None:
         alignment = align(frames, ranking, AlignParams(mode="surface"))
         reference = build_reference(frames, ranking, alignment, ReferenceParams())
         grid = lay_grid(reference.luminance, APParams(), box=reference.box)
-        selection = select(ranking, alignment, grid, (STACK,))
-        sums, _, measured, fell = stack_aps(frames, alignment, reference, grid, selection,
-                                            LocalParams())
+        engine, _ = stack_aps(frames, alignment, reference, grid,
+                              ap_quality(ranking, alignment, grid), (STACK,), LocalParams())
     assert len(grid) >= 4
-    assert fell > 0  # there were untrusted shifts, so the fallback was exercised
-    assert measured == STACK * len(grid)
-    assert np.array_equal(sums[0].counts, np.full(len(grid), STACK))
+    # there were untrusted shifts, so the fallback was exercised
+    assert engine.tally.fell_back == engine.fell_back().sum() > 0
+    assert engine.tally.measured == STACK * len(grid)
+    assert np.array_equal(engine.stacked(), np.full(len(grid), STACK))
 
 
 def test_noise_is_even_across_the_object(capture) -> None:
