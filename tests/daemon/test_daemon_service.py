@@ -264,6 +264,32 @@ def test_sequence_gaps_are_reported(svc: StackingService, zctx: zmq.Context) -> 
     assert st["sources"]["cam"]["gaps"] == 2 and st["gaps"] == 2
 
 
+def test_every_save_is_a_new_file_in_the_index_and_a_changed_parameter_is_saved_at_stop(
+    make_service: Callable[..., StackingService], standin_cls: Any, zctx: zmq.Context,
+) -> None:
+    svc = make_service(standin_cls(), output={"save_interval": 0.1})
+    with FramePusher(svc.endpoints.ingest, context=zctx) as push:
+        push.send(np.full((16, 16), 100, np.uint8))
+        _wait_for(lambda: _status(svc)["output"]["saves"] == 1, "a periodic save")
+        push.send(np.full((16, 16), 200, np.uint8))
+        _wait_for(lambda: _status(svc)["output"]["saves"] == 2, "a save of the new stack")
+    # the stack does not change: no more periodic files
+    time.sleep(0.5)  # five save intervals
+    assert _status(svc)["output"]["saves"] == 2
+    svc.set_param("gain", 4.0)  # a new parameter, no new frame
+    path = svc.stop()
+    records = read_index(svc.output_dir / f"stacks-{svc.session}.jsonl")
+    assert [r["reason"] for r in records] == ["periodic", "periodic", "stop"]
+    assert [r["params"]["gain"] for r in records] == [1.0, 1.0, 4.0]
+    assert [r["frames_processed"] for r in records] == [1, 2, 2]
+    assert path is not None and records[-1]["file"] == path.name
+    assert sorted(p.name for p in svc.output_dir.glob("stack-*")) == [r["file"] for r in records]
+    first, _ = read_image(svc.output_dir / records[0]["file"])
+    last, _ = read_image(path)
+    assert first.mean() == pytest.approx(100 / 255, abs=1e-3)
+    assert last.mean() == pytest.approx(150 / 255, abs=1e-3)
+
+
 def test_control_requests(svc: StackingService, zctx: zmq.Context, tmp_path: Path) -> None:
     ep = svc.endpoints.control
 

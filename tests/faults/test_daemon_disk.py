@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daemon.persist import attach_session_log, detach_session_log, read_index
+from daemon.persist import RawRecorder, attach_session_log, detach_session_log, read_index
 from live_stack.io import open_source
 from live_stack.io.images import read_image
 from live_stack.io.ser import FRAME_COUNT_OFFSET, HEADER_SIZE, TIMESTAMP_SIZE, SerReader
@@ -271,3 +271,20 @@ def test_the_session_log_on_a_full_disk_says_so_once_and_closes_quietly(
                    f"left on device); its records go only to the other logs from now on\n")
     assert handler.failed == "No space left on device" and handler.dropped > 1000
     assert "before the disk filled" in path.read_text()  # what was written stays
+
+
+def test_a_recording_write_that_fails_anyway_leaves_whole_frames(
+    mount: Callable[..., Path], frames: list[np.ndarray],
+) -> None:
+    disk = mount("1m")
+    rec = RawRecorder(disk, "s", min_free=0)
+    for k in range(5):
+        rec.write({"layout": "mono", "time": 1.7e9 + k}, frames[k])
+    _fill(disk)  # another program fills the disk between two of the guard's measurements
+    rec.write({"layout": "mono", "time": 1.7e9 + 5}, frames[5])
+    assert rec.failed is not None and rec.failed.startswith("No space left on device (frame 6 ")
+    ser = disk / "raw-s.ser"
+    assert ser.stat().st_size == HEADER_SIZE + 5 * frames[0].nbytes  # no part of frame 6
+    with SerReader(ser) as src:  # strict
+        assert len(src) == 5
+        assert np.array_equal(src[4], frames[4])
