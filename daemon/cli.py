@@ -294,8 +294,9 @@ def ctl_main(argv: Sequence[str]) -> int:
             _print(json.dumps(reply, indent=2, sort_keys=True))
         print(f"live-stack ctl: the daemon answered: {reply['error']}", file=sys.stderr)
         return EXIT_FAILED
-    if args.json:
-        _print(json.dumps(reply, indent=2, sort_keys=True))
+    if args.json:  # (a load's pixels are bytes: named by their length)
+        _print(json.dumps(reply, indent=2, sort_keys=True,
+                          default=lambda b: f"<{len(b)} bytes>"))
     elif args.command == "status":
         _print(status_text(reply["result"]))
     else:

@@ -159,6 +159,7 @@ def encode_preview(header: dict[str, Any], frame: np.ndarray, params: PreviewPar
         "frame_dtype": header["dtype"],
         "decimation": factor * (2 if layout in BAYER_SITES else 1),
         "levels": levels(frame, layout, full=full, bins=params.bins),
+        "frame_meta": meta_in,  # what the source said of the frame (e.g. replay's index)
         **focus,
     }
     parts = protocol.encode_image(image, kind="preview", seq=header["seq"],

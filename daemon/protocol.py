@@ -240,6 +240,9 @@ CONTROL_FIELDS: dict[str, tuple[str, ...]] = {
     "pause": (),
     "resume": (),
     "shutdown": (),
+    # the stack history (daemon/history.py)
+    "history": (),
+    "load": ("file",),
     # camera control, relayed to the source that owns the camera (daemon/camera.py)
     "camera": ("settings",),  # from a viewer
     "camera_hello": ("source", "state"),  # from a source
@@ -282,6 +285,8 @@ def check_request(request: Any) -> dict[str, Any]:
     missing = [k for k in CONTROL_FIELDS[cmd] if k not in request]
     if missing:
         raise ProtocolError(f"command {cmd!r} needs field(s) {', '.join(missing)}")
+    if cmd == "load" and (not isinstance(request["file"], str) or not request["file"]):
+        raise ProtocolError(f"request field 'file' must be a file name, got {request['file']!r}")
     if cmd == "camera":
         _check_camera_settings(request["settings"])
     elif cmd == "camera_hello":

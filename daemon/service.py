@@ -50,6 +50,8 @@ from daemon.config import DaemonConfig, Endpoints, check_live_value
 from daemon.diagnosis import Diagnosis, diagnose
 from daemon.fairlock import FairLock
 from daemon.framequeue import DropOldestQueue, QueueClosed
+from daemon.history import history
+from daemon.history import load as load_stack
 from daemon.persist import (
     MIB,
     NO_ROOM,
@@ -968,7 +970,7 @@ class StackingService:
         except Exception as exc:
             log.exception("control command %r failed", cmd)
             return protocol.encode_error(f"{cmd} failed: {type(exc).__name__}: {exc}"), False
-        if cmd != "status":
+        if cmd not in ("status", "history", "load"):  # (those answer with much data)
             log.info("control: %s -> %s", request, result)
         return protocol.encode_reply(plain(result)), cmd == "shutdown"
 
@@ -994,6 +996,10 @@ class StackingService:
             return self.set_paused(False)
         if cmd == "shutdown":
             return {"stopping": True}
+        if cmd == "history":
+            return history(self._index)
+        if cmd == "load":
+            return load_stack(self._index, request["file"])
         if cmd in ("camera", "camera_hello", "camera_result"):
             raise ValueError("camera requests are relayed by the control socket only")
         raise ValueError(f"unknown command {cmd!r}")  # check_request prevents this

@@ -113,6 +113,17 @@ def reply_text(cmd: str, result: Any) -> str:
         saved = result.get("saved")
         return (f"saved {saved}; " if saved else "nothing to save; ") + \
             f"now stack {result.get('segment')}"
+    if cmd == "history" and isinstance(result, dict):
+        stacks = result.get("stacks") or []
+        lines = [f"{len(stacks)} stacks saved ({result.get('index')})"]
+        for r in stacks:
+            when = time.strftime("%H:%M:%S", time.localtime(r.get("time") or 0))
+            lines.append(f"  {r.get('file')}  {when}  {r.get('reason')}  "
+                         f"{r.get('frames_admitted')} frames")
+        return "\n".join(lines)
+    if cmd == "load" and isinstance(result, dict):
+        return (f"{result.get('file')}: {result.get('width')}x{result.get('height')} "
+                f"{result.get('layout')}, {len(result.get('pixels') or b'')} bytes of pixels")
     if isinstance(result, dict):
         return ", ".join(f"{k}: {v}" for k, v in sorted(result.items()))
     return str(result)

@@ -80,6 +80,7 @@ class RawView(QWidget):
         layout.addWidget(self.info_label)
         self._shape: tuple[int, ...] | None = None
         self.image: np.ndarray | None = None
+        self.header: dict[str, Any] = {}  # the header of the preview on screen
         self.shown = 0
 
     def show_preview(self, preview: PreviewMessage) -> None:
@@ -88,6 +89,7 @@ class RawView(QWidget):
         lv = auto_levels(image)
         self.image_item.setImage(image, autoLevels=False, levels=(lv.low, lv.high))
         self.image = image
+        self.header = preview.header
         if image.shape != self._shape:
             self._shape = image.shape
             self.view_box.autoRange(padding=0)

@@ -8,10 +8,19 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QLabel, QMainWindow, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 from viewer.camera_panel import CameraPanel
 from viewer.control_panel import ControlPanel
+from viewer.history_panel import HistoryPanel
 from viewer.image_panel import StackView
 from viewer.link import DaemonLink, Inbox, Reply, StackMessage
 from viewer.quality_panel import QualityPanel
@@ -100,6 +109,7 @@ class MainWindow(QMainWindow):
         self.state_panel = StatePanel()
         self.control_panel = ControlPanel()
         self.camera_panel = CameraPanel()
+        self.history_panel = HistoryPanel()
         self.quality_panel = QualityPanel(self.params.quality_history)
 
         side = QWidget()
@@ -108,12 +118,20 @@ class MainWindow(QMainWindow):
         side_layout.addWidget(self.state_panel)
         side_layout.addWidget(self.control_panel)
         side_layout.addWidget(self.camera_panel)
+        side_layout.addWidget(self.history_panel)
         side_layout.addStretch(1)
 
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(self.stack_view)
         top.addWidget(self.raw_panel)
-        top.addWidget(side)
+        # the side column scrolls rather than make the window taller than the screen
+        side_scroll = QScrollArea()
+        side_scroll.setWidget(side)
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setMinimumWidth(side.sizeHint().width())
+        top.addWidget(side_scroll)
         top.setStretchFactor(0, 3)
         top.setStretchFactor(1, 2)
         top.setStretchFactor(2, 1)
@@ -140,10 +158,13 @@ class MainWindow(QMainWindow):
         self._last_seq: int | None = None
         self._last_error = ""
         self._last_stack_key: tuple[object, ...] | None = None
+        self._live_stack: StackMessage | None = None  # the newest live stack received
 
         self.stack_view.stack_shown.connect(self.stack_shown)
         self.control_panel.requested.connect(self.send_request)
         self.camera_panel.requested.connect(self.send_request)
+        self.history_panel.requested.connect(self.send_request)
+        self.history_panel.reopen.connect(self._reopen)
         link.arrived.connect(self._take)
         self._health = QTimer(self)
         self._health.setInterval(round(self.params.check_interval_s * 1000))
@@ -200,6 +221,8 @@ class MainWindow(QMainWindow):
         for reply in inbox.replies:
             if reply.request.get("cmd") == "camera":
                 self.camera_panel.show_reply(reply)
+            elif reply.request.get("cmd") in ("history", "load"):
+                self.history_panel.show_reply(reply)
             else:
                 self.control_panel.show_reply(reply)
         if inbox.statuses:
@@ -214,9 +237,12 @@ class MainWindow(QMainWindow):
             self.control_panel.show_params(status.get("params"))
             self.show_diagnosis(status.get("diagnosis"))
             self.camera_panel.show_cameras(status.get("camera"))
+            self.history_panel.show_status(status)
             self.banner.setVisible(False)
         if inbox.stack is not None and self._is_new(inbox.stack):
-            self.stack_view.show_stack(inbox.stack)
+            self._live_stack = inbox.stack
+            if self.history_panel.showing is None:
+                self.stack_view.show_stack(inbox.stack)
             self.stacks_shown += 1
             self._last_stack_at = now
             self._last_seq = int(inbox.stack.header["seq"])
@@ -241,6 +267,17 @@ class MainWindow(QMainWindow):
         self.diagnosis.setText(text)
         self.diagnosis.setStyleSheet(FAULT_STYLE if diagnosis.get("fault") else NOTE_STYLE)
         self.diagnosis.setVisible(True)
+
+    def _reopen(self, stack: StackMessage | None) -> None:
+        """Show a saved stack (from the history) instead of the live one, or (None) the
+        live one again."""
+        if stack is not None:
+            self.stack_view.show_stack(stack)
+            self.stack_view.info_label.setText(
+                f"saved {stack.header['meta'].get('saved_file')}  "
+                f"{stack.header['width']}x{stack.header['height']}")
+        elif self._live_stack is not None:
+            self.stack_view.show_stack(self._live_stack)
 
     def _is_new(self, stack: StackMessage) -> bool:
         """False for the stack on screen sent again (to a viewer that subscribed late)."""

@@ -194,7 +194,7 @@ def test_pause_resume_and_save(qtbot, daemon, open_window):
     qtbot.waitUntil(lambda: label(window, "state").startswith("running"), timeout=WAIT_MS)
     panel.save_button.click()
     qtbot.waitUntil(lambda: last_reply(window).startswith("save: ok: path="), timeout=WAIT_MS)
-    saved = Path(last_reply(window).split("path=", 1)[1])
+    saved = Path(last_reply(window).split("path=", 1)[1].split(", number=")[0])
     assert saved.is_file() and saved.parent == daemon.output
 
 
@@ -310,8 +310,9 @@ def test_raw_frames_focus_and_histogram_are_shown(qtbot, daemon, open_window, ca
         pass
     seq = shown.args[0]
     image = raw.view.image
+    index = raw.view.header["meta"]["frame_meta"]["frame"]  # replay's index in the capture
     with open_source(capture) as src:
-        frame = np.array(src[seq % len(src)])  # the replay loops over the capture
+        frame = np.array(src[index])
     np.testing.assert_array_equal(image, frame)  # small enough to come whole
     assert f"frame #{seq}  {CAPTURE['width']}x{CAPTURE['height']} mono" in \
         raw.view.info_label.text()
@@ -341,3 +342,36 @@ def test_raw_frames_focus_and_histogram_are_shown(qtbot, daemon, open_window, ca
     share = np.mean(frame >= 255)
     assert raw.levels.clip_label.text() == \
         f"{'SATURATED' if share > 0.001 else 'clipped'}: L {100 * share:.2f} %"
+
+
+def test_stack_history_is_listed_and_a_saved_stack_reopened(qtbot, daemon, open_window):
+    from daemon import protocol
+    from live_stack.io.images import read_image
+
+    window = open_window(daemon.link_params)
+    history = window.history_panel
+    qtbot.waitUntil(lambda: window.stacks_shown > 0, timeout=WAIT_MS)
+    for n in (1, 2):
+        window.control_panel.save_button.click()
+        qtbot.waitUntil(lambda n=n: history.list.count() == n, timeout=WAIT_MS)
+    first = history.records[0]
+    assert first["number"] == 1 and first["reason"] == "request"
+    assert history.list.item(0).text().startswith("0001  ") and "request" in \
+        history.list.item(0).text()
+    history.list.setCurrentRow(0)
+    history.open_button.click()
+    qtbot.waitUntil(lambda: history.showing == first["file"], timeout=WAIT_MS)
+    saved, _ = read_image(daemon.output / first["file"])
+    expected = protocol.stack_to_wire(saved)
+    np.testing.assert_array_equal(window.stack_view.image, expected)
+    assert window.stack_view.info_label.text().startswith(f"saved {first['file']}")
+    # live stacks keep coming but do not replace the saved one on screen
+    seen = window.stacks_shown
+    qtbot.waitUntil(lambda: window.stacks_shown > seen + 1, timeout=WAIT_MS)
+    np.testing.assert_array_equal(window.stack_view.image, expected)
+    history.live_button.click()
+    assert window.stack_view.info_label.text().startswith("stack #")
+    # a file the index does not list is refused by name
+    window.send_request({"cmd": "load", "file": "../../etc/passwd"})
+    qtbot.waitUntil(lambda: "is not in the stack history" in history.info_label.text(),
+                    timeout=WAIT_MS)
