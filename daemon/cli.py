@@ -129,18 +129,24 @@ def daemon_config(args: argparse.Namespace) -> Any:
 
 
 def make_stacker(live: dict[str, Any]) -> Any:
-    """A ``LiveStacker`` with the ``[live]`` parameters set by name (as ``ctl set`` does).
+    """A ``LiveStacker`` with the ``[live]`` parameters set by name (as ``ctl set`` does),
+    all at once.
 
     Raises ValueError naming a bad key or value.
     """
     from live_stack.live import LiveParams, LiveStacker
 
-    stacker = LiveStacker(LiveParams())
+    checked = {}
     for name, value in live.items():
         try:
-            stacker.set_param(name, check_live_value(name, value))
+            checked[name] = check_live_value(name, value)
         except ValueError as exc:
             raise ValueError(f"[live] {name}: {exc}") from None
+    stacker = LiveStacker(LiveParams())
+    try:
+        stacker.set_params(checked)  # validated together: the order of the keys is free
+    except ValueError as exc:
+        raise ValueError(f"[live]: {exc}") from None
     return stacker
 
 

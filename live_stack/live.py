@@ -34,7 +34,7 @@ import math
 import reprlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -265,13 +265,20 @@ class LiveStacker:
          self._timing, self._tally, self._unaligned) = kept
 
     def set_param(self, name: str, value: Any) -> LiveParams:
-        """Change one parameter while running.
+        """Change one parameter while running: :meth:`set_params` of ``{name: value}``."""
+        return self.set_params({name: value})
 
-        ``name`` is a live field (``buffer_size``, ``stack_size``, ``window_seconds``, ...)
-        or a phase field as ``PREFIX_FIELD`` (``ap_size``, ``local_outlier``, ...).
-        Changing the buffer size, the AP grid or the measures starts the stack over;
-        changing the stack size or the window re-selects from the frames in the buffer
-        at once (the next snapshot blends the new selection, no new frame needed).
+    def set_params(self, values: Mapping[str, Any]) -> LiveParams:
+        """Change several parameters at once, validated together.
+
+        Each name is a live field (``buffer_size``, ``stack_size``, ``window_seconds``,
+        ...) or a phase field as ``PREFIX_FIELD`` (``ap_size``, ``local_outlier``, ...).
+        The new parameters are checked as a whole, so that values that only fit together
+        (``warmup=300`` with ``buffer_size=400``, from ``buffer_size=200``) are accepted
+        in any order. Changing the buffer size, the warm-up, the AP grid or the measures
+        starts the stack over; changing the stack size or the window re-selects from the
+        frames in the buffer at once (the next snapshot blends the new selection, no new
+        frame needed).
 
         Returns
         -------
@@ -285,33 +292,34 @@ class LiveStacker:
         """
         p = self._params
         live_fields = {f.name for f in dataclasses.fields(LiveParams)} - set(PHASE_PREFIXES)
-        if name in live_fields:
-            current = getattr(p, name)
-            new = dataclasses.replace(p, **{name: _coerce(name, value, current)})
-        else:
+        own: dict[str, Any] = {}
+        phases: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            if name in live_fields:
+                own[name] = _coerce(name, value, getattr(p, name))
+                continue
             prefix, _, sub = name.partition("_")
             if prefix not in PHASE_PREFIXES or not sub:
                 raise ValueError(f"unknown parameter {name!r}")
             phase = getattr(p, prefix)
             if sub not in {f.name for f in dataclasses.fields(phase)}:
                 raise ValueError(f"unknown parameter {name!r}")
-            try:
-                new_phase = dataclasses.replace(
-                    phase, **{sub: _coerce(name, value, getattr(phase, sub))})
-            except ValueError as exc:
-                raise ValueError(str(exc).replace(f"{prefix}_{sub}", name)) from None
-            new = dataclasses.replace(p, **{prefix: new_phase})
+            phases.setdefault(prefix, {})[sub] = _coerce(name, value, getattr(phase, sub))
+        for prefix, changes in phases.items():
+            own[prefix] = dataclasses.replace(getattr(p, prefix), **changes)
+        new = dataclasses.replace(p, **own)
         self._params = new
-        if name == "threads":
+        names = set(values)
+        if "threads" in names:
             self.close()  # the next batch starts a pool of the new size
-        restart = name in ("buffer_size", "warmup") or name.startswith(
-            ("ap_", "quality_", "align_", "local_", "drizzle_"))
-        if restart:
+        if names & {"buffer_size", "warmup"} or any(
+                n.startswith(("ap_", "quality_", "align_", "local_", "drizzle_")) for n in names):
             self._restart()
-        elif name == "stack_size":
+            return new
+        if "stack_size" in names:
             for state in self._states():
                 state.resize(self._per_ap())
-        elif name in ("window_frames", "window_seconds"):
+        if names & {"window_frames", "window_seconds"}:
             filled = self._filled()
             if len(filled):  # the window ends at the newest frame in the buffer
                 self._evict_window(float(self._time[filled].max()))

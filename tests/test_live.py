@@ -272,6 +272,32 @@ def test_set_param_bad_values_name_it(name, value, match) -> None:
     assert st.params == before
 
 
+def test_parameters_set_together_are_validated_together() -> None:
+    """warmup 300 needs a buffer of 300 or more: set with buffer_size 400, in either order,
+    it is accepted; alone it is refused; a bad value among good ones changes nothing."""
+    orders = [{"warmup": 300, "buffer_size": 400}, {"buffer_size": 400, "warmup": "300"}]
+    results = []
+    for values in orders:
+        st = LiveStacker(LiveParams())
+        results.append(st.set_params(values))
+        assert st.params == results[-1]
+    assert results[0] == results[1]
+    assert (results[0].warmup, results[0].buffer_size) == (300, 400)
+    st = LiveStacker(LiveParams())
+    with pytest.raises(ValueError, match="warmup"):
+        st.set_param("warmup", 300)  # alone it does not fit the buffer of 200
+    before = st.params
+    with pytest.raises(ValueError, match="ap_size"):
+        st.set_params({"stack_size": "50", "ap_size": 33, "local_outlier": 4.0})
+    with pytest.raises(ValueError, match="nonsense"):
+        st.set_params({"stack_size": "50", "nonsense": 1})
+    assert st.params == before
+    new = st.set_params({"ap_size": 32, "ap_step": 24, "local_outlier": "4.5",
+                         "reference_max_frames": 20, "window_frames": 50})
+    assert (new.ap.size, new.ap.step, new.local.outlier) == (32, 24, 4.5)
+    assert (new.reference.max_frames, new.window_frames) == (20, 50)
+
+
 def test_params_validation() -> None:
     with pytest.raises(ValueError, match="warmup"):
         LiveParams(buffer_size=10, warmup=20)
