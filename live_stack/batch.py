@@ -208,9 +208,10 @@ def _client(params: ClusterParams) -> Iterator[tuple[Any, int, str, Any]]:
                 n_workers=params.workers, threads_per_worker=1, processes=True,
                 host="127.0.0.1", dashboard_address="127.0.0.1:0",
                 preload=[__name__],  # each worker process runs dask_setup as it starts
-                # the pipeline's memory is bounded by design, and a memory-mapped
-                # recording's pages count as the worker's: no limit, or Dask would
-                # kill workers reading large files
+                # no Dask memory limit: the pipeline's memory is bounded per recording
+                # (about 160 MiB for 640x480), and Dask's share (memory / workers)
+                # would pause and restart workers on large frames for no gain; a worker
+                # the system kills for memory is retried once, then reported
                 memory_limit=0, silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         yield client, threads, (f"local cluster: {params.workers} worker processes, "
