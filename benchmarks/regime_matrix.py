@@ -30,6 +30,12 @@ Usage::
         [--scenes mare terminator planet sun] [--signals 500 2000 20000] [--d-r0 3 5 7]
         [--long 2000] [--tool NAME=PYTHON ...] [--pss-python /work/pss-venv/bin/python]
         [--no-pss] [--json FILE] [--keep DIR] [--reuse NAME ...]
+        [--crops DIR] [--crop-cells CELL ...]
+
+``--crops DIR`` writes, for each of ``--crop-cells`` (default the low-signal mare and
+planet in the worst seeing), a PNG of every output's central part side by side at 2x
+(nearest-neighbour, the truth's 1-99 % range stretched to black-white, registered on
+the truth), to look at the noise box by box.
 
 ``--reuse NAME ...`` takes the outputs an earlier run left in ``--keep`` for those tools
 (``PSS`` included) instead of running them again: every quality figure is deterministic
@@ -66,6 +72,9 @@ LONG_CELL = ("planet", 2000, 5)
 #: Default cache folder and PSS interpreter.
 DEFAULT_CACHE = "/work/cache/regime"
 DEFAULT_PSS = "/work/pss-venv/bin/python"
+#: Cells whose outputs ``--crops`` shows, and the crop's side (px, before the 2x zoom).
+CROP_CELLS = ("mare-e500-d7-n300", "planet-e500-d7-n300")
+CROP_SIDE = 160
 #: Issue 13's targets: PSNR over the best-10 % mean, and over PSS, dB.
 TARGET_OVER_MEAN_DB = 0.5
 TARGET_OVER_PSS_DB = 0.3
@@ -206,6 +215,36 @@ def measure(images: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[
     return out
 
 
+def write_crops(path: Path, images: dict[str, np.ndarray], truth: np.ndarray) -> None:
+    """The central CROP_SIDE square of each image (registered on the truth) at 2x, side
+    by side with its name above, and the truth's at the right."""
+    import cv2
+
+    from live_stack.frames import luminance, to_float32
+    from live_stack.simulate.score import register
+
+    lo, hi = np.percentile(truth, (1, 99))
+    y0 = (truth.shape[0] - CROP_SIDE) // 2
+    x0 = (truth.shape[1] - CROP_SIDE) // 2
+    tiles = []
+    for name, image in [*images.items(), ("truth", truth)]:
+        mono = luminance(to_float32(image))
+        sy, sx = register(mono, truth) if name != "truth" else (0.0, 0.0)
+        ty, tx = int(round(y0 - sy)), int(round(x0 - sx))
+        crop = mono[max(ty, 0) : ty + CROP_SIDE, max(tx, 0) : tx + CROP_SIDE]
+        crop = np.clip((crop - lo) / (hi - lo), 0.0, 1.0)
+        big = cv2.resize((crop * 255).astype(np.uint8), None, fx=2, fy=2,
+                         interpolation=cv2.INTER_NEAREST)
+        tile = np.zeros((big.shape[0] + 24, 2 * CROP_SIDE), np.uint8)
+        tile[24:, : big.shape[1]] = big
+        cv2.putText(tile, name, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, 255, 1, cv2.LINE_AA)
+        tiles.append(tile)
+    height = max(t.shape[0] for t in tiles)
+    row = np.hstack([np.pad(t, ((0, height - t.shape[0]), (0, 4))) for t in tiles])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), row)
+
+
 def main() -> int:
     from live_stack.io.images import read_image
 
@@ -227,6 +266,8 @@ def main() -> int:
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     p.add_argument("--keep", metavar="DIR", default="/work/cache/regime-out",
                    help="folder of the outputs (kept; default /work/cache/regime-out)")
+    p.add_argument("--crops", metavar="DIR", help="write side-by-side crops of some cells")
+    p.add_argument("--crop-cells", nargs="+", default=list(CROP_CELLS), metavar="CELL")
     p.add_argument("--reuse", nargs="+", default=[], metavar="NAME",
                    help="tools (or PSS) whose outputs already in --keep are reused")
     args = p.parse_args()
@@ -276,6 +317,9 @@ def main() -> int:
                 results["PSS"] = run_pss(args.pss_python, video, work, cell.name, stack,
                                          mode, args.pss_box)
         figures = measure({k: v["image"] for k, v in results.items()}, truth)
+        if args.crops and cell.name in args.crop_cells:
+            write_crops(Path(args.crops) / f"{cell.name}.png",
+                        {k: v["image"] for k, v in results.items()}, truth)
         row = {"cell": cell.name, "scene": cell.scene, "signal": cell.signal,
                "d_r0": cell.d_r0, "frames": cell.frames, "stack": stack, "tools": {}}
         line = [f"{cell.name}:"]

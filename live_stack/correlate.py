@@ -135,6 +135,8 @@ class Target:
     spread : float
         The root of the summed squared low-pass (whole spectrum, zero frequency left
         out): a pure-noise surface's standard deviation times ``n**2`` (unweighted).
+    lowpass : numpy.ndarray or None
+        float32 ``(n, n // 2 + 1)`` the low-pass filter (read-only).
     """
 
     spectrum: np.ndarray
@@ -142,6 +144,7 @@ class Target:
     norm: float
     power: np.ndarray | None = None
     spread: float = 1.0
+    lowpass: np.ndarray | None = None
 
 
 def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0,
@@ -184,7 +187,7 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0,
     norm = float(irfft2(low.astype(np.complex128), (n, n))[0, 0])
     low2 = np.square(low, dtype=np.float64) * _mirror(n)
     spread = float(np.sqrt(low2.sum() - low2[0, 0]))
-    return Target(spectrum=spec, size=n, norm=norm, power=power, spread=spread)
+    return Target(spectrum=spec, size=n, norm=norm, power=power, spread=spread, lowpass=low)
 
 
 @dataclass(frozen=True)
@@ -312,17 +315,16 @@ def correlate_spectra(
         strength = peak / target.norm if target.norm > 0 else peak
         snr = peak * (n2 / target.spread)
     else:
-        # the magnitudes of the frequencies' terms: their sum is a perfect match's peak,
-        # the root of their squares' sum a pure-noise surface's standard deviation (both
-        # times n^2)
-        mags = np.abs(target.spectrum[idx])
-        mags *= weights
-        mags[:, 0, 0] = 0.0
-        mags *= _mirror(n)
-        total = mags.sum(axis=(1, 2), dtype=np.float64)
-        mags *= mags
-        mags /= _mirror(n)
-        spread = np.sqrt(mags.sum(axis=(1, 2), dtype=np.float64))
+        # the magnitudes of the frequencies' terms (the weights times the low-pass):
+        # their sum is a perfect match's peak, the root of their squares' sum a
+        # pure-noise surface's standard deviation (both times n^2); ``weights`` is no
+        # longer needed and takes them
+        weights *= target.lowpass
+        weights[:, 0, 0] = 0.0
+        mirror = _mirror(n).astype(np.float64)
+        total = weights.sum(axis=1, dtype=np.float64) @ mirror
+        np.square(weights, out=weights)
+        spread = np.sqrt(weights.sum(axis=1, dtype=np.float64) @ mirror)
         with np.errstate(divide="ignore", invalid="ignore"):
             strength = np.where(total > 0, peak * n2 / total, 0.0)
             snr = np.where(spread > 0, peak * n2 / spread, 0.0)
@@ -341,14 +343,14 @@ def _snr_weights(spec: np.ndarray, mag: np.ndarray, target: Target,
     n = target.size
     floor = noise_floor(spec)
     mirror = _mirror(n)
-    power = (np.square(mag, dtype=np.float32) * mirror).sum(axis=(1, 2), dtype=np.float64)
+    power = np.square(mag).sum(axis=1, dtype=np.float64) @ mirror.astype(np.float64)
     power -= mag[:, 0, 0].astype(np.float64) ** 2  # the mean is no signal for the shift
     count = n * n - 1
     signal = np.maximum(power - count * floor, 0.0)  # the patch's summed signal power
     s = target.power[idx]  # a gathered copy, scaled in place
     s *= (signal / np.maximum(floor, _EPS)).astype(np.float32)[:, None, None]
-    den = s + np.float32(1.0)
-    s /= den
+    den = np.add(s, np.float32(1.0))
+    np.divide(s, den, out=s)
     return s
 
 
