@@ -365,9 +365,11 @@ def print_table(rows: list[dict], tools: list[str], *, pss: bool) -> None:
         if pss:
             cells.append(fig("PSS"))
         gain = t[last]["psnr"] - t["best 10% mean"]["psnr"]
+        gain = round(gain, 2)
         cells.append(f"{gain:+.2f}" + ("" if gain >= TARGET_OVER_MEAN_DB else " (not met)"))
         if pss:
             over = t[last]["psnr"] - t["PSS"]["psnr"]
+            over = round(over, 2)
             cells.append(f"{over:+.2f}" + ("" if over >= TARGET_OVER_PSS_DB else " (not met)"))
         print("| " + " | ".join(cells) + " |")
 

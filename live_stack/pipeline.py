@@ -138,6 +138,12 @@ class PipelineResult:
     local_measured: int  # (frame, AP) shifts measured
     timings: dict[str, float]  # seconds per phase
     frames: int  # frames in the capture
+    ap_frames: np.ndarray = field(  # int (stack sizes, APs): frames stacked at each AP
+        default_factory=lambda: np.zeros((0, 0), np.int64))
+    ap_measured: np.ndarray = field(  # int (APs,): stacked frames' shifts measured per AP
+        default_factory=lambda: np.zeros(0, np.int64))
+    ap_fell_back: np.ndarray = field(  # int (APs,): of those, shifts that fell back
+        default_factory=lambda: np.zeros(0, np.int64))
 
     def summary(self) -> dict[str, object]:
         """Counts and timings, for logs and file metadata."""
@@ -284,4 +290,7 @@ def run(
                           reference=reference, grid=grid, selection=selection,
                           local_failed=engine.tally.fell_back,
                           local_measured=engine.tally.measured, timings=timings,
-                          frames=n)
+                          frames=n,
+                          ap_frames=np.stack([acc.counts for acc in engine.sums]),
+                          ap_measured=engine.contrib.sum(axis=0),
+                          ap_fell_back=engine.fell_back())

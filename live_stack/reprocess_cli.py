@@ -29,6 +29,7 @@ import numpy as np
 from live_stack import __version__
 from live_stack.align import AlignParams
 from live_stack.apgrid import APParams
+from live_stack.apmap import APMap, ap_figures, write_ap_map
 from live_stack.batch import (
     BatchProgress,
     ClusterParams,
@@ -120,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--contact-sheet", metavar="FILE.png", default=None,
                      help="write a grid of small previews of the stacks with their names "
                           "and seeing")
+    out.add_argument("--ap-map", metavar="FILE.png", default=None,
+                     help="write where the stack is weak: each AP over the stack, green to "
+                          "red by the share of its shifts that fell back, with the frame "
+                          "count where short of the asked; the numbers beside it "
+                          "(FILE.json); one INPUT only")
     for prefix, cls in {**SOURCE_SPECS, **SPECS}.items():
         add_options(p, cls, prefix)
     return p
@@ -295,6 +301,7 @@ def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bo
     summary["input_size"] = [info.width, info.height]
     summary["duration_seconds"] = None if duration is None else round(duration, 3)
     summary["seeing"] = round(seeing_index(result.ranking.quality), 4)
+    summary["per_ap"] = ap_figures(result, params.drizzle.scale).as_dict()
     meta_common = {
         "software": f"live-stack {__version__}",
         "input": os.path.basename(path),
@@ -330,7 +337,7 @@ def print_summary(path: str, s: dict) -> None:
     print(f"{path}: {s['frames']} frames ({s['aligned']} aligned, mode {s['mode']}), "
           f"{s['aps']} APs ({s['aps_dropped_dim']} dim and {s['aps_dropped_flat']} flat "
           f"dropped), local shifts {s['local_measured']} measured / {s['local_failed']} "
-          f"rejected")
+          f"fell back")
     print(f"  time: {phase_times}  total {s['total_seconds']:.2f}s")
     for size, out in zip(s["stacks"], s["outputs"], strict=True):
         print(f"  stack {size} ({s['stacks'][size]} frames per AP) -> {out}")
@@ -660,6 +667,31 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
             check_writable(Path(name).absolute().parent)
 
 
+def _check_ap_map(path: str | None, inputs: int) -> Path | None:
+    """The ``--ap-map`` file, checked before any stacking (ValueError naming it)."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--ap-map {path}: the map is a .png file")
+    if inputs != 1:
+        raise ValueError(f"--ap-map takes one INPUT, got {inputs}")
+    if out.is_dir():
+        raise ValueError(f"--ap-map {path} is a folder: give a file name")
+    check_writable(out.absolute().parent)
+    return out
+
+
+def _write_ap_map(path: Path, outcome: Outcome) -> None:
+    """The AP map of a stacked input (its first output and the figures in its
+    summary): ``path`` (PNG) and the numbers beside it (``path`` with ``.json``)."""
+    from live_stack.io.images import read_image
+
+    image, _ = read_image(outcome.outputs[0])
+    figures = APMap.from_dict(outcome.summary["per_ap"])
+    write_ap_map(path, image, figures)
+
+
 def _run_jobs(jobs: list[Job], cluster: ClusterParams | None,
               calibration: Calibration | None) -> Iterator[tuple[Outcome, int]]:
     """Run the jobs here or on the cluster; yield ``(outcome, reruns)`` as they finish
@@ -706,6 +738,7 @@ def reprocess(args: argparse.Namespace) -> int:
         calibration = load_calibration(calib)
         threads = _explicit_threads(args)
         _check_side_outputs(args)
+        ap_map = _check_ap_map(args.ap_map, len(args.inputs))
         if args.output and not Path(args.output).is_dir() and Path(args.output).suffix:
             check_writable(Path(args.output).absolute().parent)
         elif args.output and Path(args.output).is_dir():
@@ -789,6 +822,16 @@ def reprocess(args: argparse.Namespace) -> int:
     outcomes = [slot for slot in slots if isinstance(slot, Outcome)]
     failures = sum(o.status == "failed" for o in outcomes)
     failures += _side_outputs(args, outcomes)
+    if ap_map is not None:
+        for outcome in outcomes:
+            if outcome.status != "stacked":
+                continue
+            try:
+                _write_ap_map(ap_map, outcome)
+                print(f"AP map: {ap_map} and {ap_map.with_suffix('.json')}")
+            except (ValueError, OSError, KeyError) as exc:
+                failures += 1
+                print(f"{PROG}: error: {_error_text(str(ap_map), exc)}", file=sys.stderr)
     if reruns:
         print(f"{reruns} recording{' was' if reruns == 1 else 's were'} started again after "
               "the worker process it was sent to died")
