@@ -273,8 +273,8 @@ def run_on_dask(task: Callable[..., Any], jobs: Sequence[Any], params: ClusterPa
                     result = future.result()
                 except KilledWorker:
                     result = Finished(job, None, error=(
-                        f"the worker process running it died {params.retries + 1} times "
-                        "(killed, or out of memory)"))
+                        "its worker process died while stacking it, each time it was "
+                        "tried (killed, or out of memory?)"))
                 except Exception as exc:  # the task's own failure: the others go on
                     result = Finished(job, None, error=f"{type(exc).__name__}: {exc}")
                 else:

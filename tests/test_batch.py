@@ -102,3 +102,80 @@ def test_bad_options_stop_before_any_input(inputs, tmp_path, capsys) -> None:
                  "--drizzle-scale", "2.5", "-q"]) == 2
     assert "drizzle_scale" in capsys.readouterr().err
     assert not list(out.iterdir())
+
+
+# ---------------------------------------------------------------- the batch's parts
+
+
+def test_batch_progress_counts_rate_and_time_left() -> None:
+    import io
+
+    from live_stack.batch import BatchProgress
+
+    now = [100.0]
+    progress = BatchProgress(4, stream=io.StringIO(), clock=lambda: now[0])
+    assert not progress.bar and progress.eta() is None
+    assert progress.line() == "batch: 0 of 4 done, 0.00 files/s"
+    now[0] = 102.0
+    progress.update()
+    now[0] = 104.0
+    progress.update(failed=True)
+    assert progress.rate() == pytest.approx(0.5) and progress.eta() == pytest.approx(4.0)
+    assert progress.line() == "batch: 2 of 4 done (1 failed), 0.50 files/s, 4 s left"
+    now[0] = 104.0 + 1000
+    assert progress.line().endswith(", 16 min 44 s left")  # 2 more at 2 per 1004 s
+    with pytest.raises(ValueError, match="total"):
+        BatchProgress(-1)
+
+
+def test_cluster_params_and_threads_per_task_check_their_arguments() -> None:
+    from live_stack.batch import ClusterParams, threads_per_task
+
+    assert threads_per_task(8, 2) == 4 and threads_per_task(2, 2) == 1
+    assert threads_per_task(2, 5) == 1
+    with pytest.raises(ValueError, match="cores and tasks"):
+        threads_per_task(0, 1)
+    assert ClusterParams(workers=3).retries == 1
+    for kwargs, words in [({}, "either workers"), ({"workers": 2, "scheduler": "tcp://a:1"},
+                                                    "either workers"),
+                          ({"scheduler": "a:1"}, "tcp://HOST:8786"),
+                          ({"workers": 2000}, "workers must be"),
+                          ({"workers": 2, "threads": 99}, "threads must be"),
+                          ({"workers": 2, "retries": -1}, "retries must be")]:
+        with pytest.raises(ValueError, match=words):
+            ClusterParams(**kwargs)
+
+
+def test_seeing_index_of_quality_distributions() -> None:
+    from live_stack.night_report import seeing_index
+
+    assert seeing_index(np.full(50, 3.0)) == 1.0  # every frame as sharp as the best
+    rng = np.random.default_rng(0)
+    steady = seeing_index(rng.normal(10, 0.5, 500))
+    unsteady = seeing_index(rng.lognormal(0, 1.0, 500))
+    assert 0.9 < steady <= 1 and unsteady < 0.5
+    assert np.isnan(seeing_index(np.zeros(0))) and np.isnan(seeing_index(np.zeros(10)))
+    with pytest.raises(ValueError, match="one value per frame"):
+        seeing_index(np.ones((3, 3)))
+
+
+def test_report_and_contact_sheet_refuse_what_they_cannot_write(tmp_path) -> None:
+    import json
+
+    from live_stack.night_report import Outcome, write_contact_sheet, write_report
+
+    failed = Outcome("x.ser", "failed", error="x.ser: broken")
+    with pytest.raises(ValueError, match="error must be given"):
+        Outcome("x.ser", "failed")
+    with pytest.raises(ValueError, match="status must be"):
+        Outcome("x.ser", "done")
+    with pytest.raises(ValueError, match="report format"):
+        write_report(tmp_path / "r.txt", [failed])
+    write_report(tmp_path / "r.json", [failed])
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["status"] == "failed" and row["frames"] is None and row["outputs"] == []
+    with pytest.raises(ValueError, match="no stack"):
+        write_contact_sheet(tmp_path / "s.png", [failed])
+    with pytest.raises(ValueError, match=".png"):
+        write_contact_sheet(tmp_path / "s.jpg", [failed])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left

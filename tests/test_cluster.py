@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -236,6 +237,24 @@ class _Lines:
         return self.seen
 
 
+@contextlib.contextmanager
+def _running(cmd: list[str]) -> Iterator[tuple[subprocess.Popen, _Lines]]:
+    """``cmd`` running with its stdout lines followed; killed if the test fails."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1")) as proc:
+        try:
+            yield proc, _Lines(proc)
+        except BaseException:
+            proc.kill()
+            raise
+
+
+def _finish(proc: subprocess.Popen, lines: _Lines) -> tuple[int, list[str], str]:
+    """Wait for the process to end: its exit code, stdout lines and stderr."""
+    code = proc.wait(BATCH_TIMEOUT)
+    return code, lines.rest(BATCH_TIMEOUT), proc.stderr.read()
+
+
 def _worker_processes(pid: int) -> list[psutil.Process]:
     """The Dask worker processes a ``live-stack`` process started (multiprocessing's
     spawned children)."""
@@ -252,23 +271,15 @@ def test_a_worker_killed_mid_batch_loses_no_output(tmp_path, live_stack_command)
     out.mkdir()
     cmd = [live_stack_command, "reprocess", *map(str, inputs), "-o", str(out),
            "--workers", "2"]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1")) as proc:
-        try:
-            lines = _Lines(proc)
-            lines.wait_for("local cluster: 2 worker processes", BATCH_TIMEOUT)
-            # once the first recording is done both workers are stacking one (four are left)
-            lines.wait_for(" -> ", BATCH_TIMEOUT)
-            workers = _worker_processes(proc.pid)
-            assert len(workers) == 2, workers
-            workers[0].send_signal(signal.SIGKILL)
-            workers[0].wait(BATCH_TIMEOUT)
-            code = proc.wait(BATCH_TIMEOUT)
-            stdout = lines.rest(BATCH_TIMEOUT)
-            stderr = proc.stderr.read()
-        except BaseException:
-            proc.kill()
-            raise
+    with _running(cmd) as (proc, lines):
+        lines.wait_for("local cluster: 2 worker processes", BATCH_TIMEOUT)
+        # once the first recording is done both workers are stacking one (four are left)
+        lines.wait_for(" -> ", BATCH_TIMEOUT)
+        workers = _worker_processes(proc.pid)
+        assert len(workers) == 2, workers
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(BATCH_TIMEOUT)
+        code, stdout, stderr = _finish(proc, lines)
     assert code == 0, (stdout, stderr)
     assert stdout[-1].strip() == "6 of 6 inputs stacked", stdout
     # the worker was killed in the middle of a recording, which was started again (and
@@ -320,3 +331,32 @@ def test_cluster_options_are_checked_before_any_work(night, tmp_path, capsys):
     assert main([*two, "-o", str(out), "--contact-sheet", str(tmp_path / "s.jpg"), "-q"]) == 2
     assert "s.jpg" in capsys.readouterr().err
     assert not list(out.iterdir())
+
+
+def test_a_recording_whose_worker_dies_every_time_is_reported(tmp_path, live_stack_command):
+    import dask
+    from distributed import Client, LocalCluster
+
+    first = _simulate(tmp_path, "a", "moon", "normal", False, 1, frames=LONG_FRAMES)
+    second = tmp_path / "b.ser"
+    shutil.copyfile(first, second)
+    out = tmp_path / "stacks"
+    out.mkdir()
+    # a scheduler that gives up on a task at its first lost worker
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        cmd = [live_stack_command, "reprocess", str(first), str(second), "-o", str(out),
+               "--scheduler", cluster.scheduler_address]
+        with _running(cmd) as (proc, lines):
+            # one worker, one thread: once the first is done the second is running
+            lines.wait_for(" -> ", BATCH_TIMEOUT)
+            (pid,) = client.run(os.getpid).values()
+            os.kill(pid, signal.SIGKILL)
+            code, stdout, stderr = _finish(proc, lines)
+    assert code == 1, (stdout, stderr)
+    assert stderr.strip() == (f"live-stack reprocess: error: {second}: its worker process died "
+                              "while stacking it, each time it was tried (killed, or out of "
+                              "memory?)"), stderr
+    assert stdout[-1].strip() == "1 of 2 inputs stacked, 1 failed"
+    assert sorted(p.name for p in out.iterdir()) == ["a_ls10pct.tif"]

@@ -31,17 +31,10 @@ EXIT_TIMEOUT = 10
 FRAMES = 300
 
 
-@pytest.fixture(scope="module")
-def capture(sim_capture):
-    return sim_capture("moon")
-
-
 @pytest.fixture
-def video(capture, tmp_path) -> Path:
-    dst = tmp_path / "in" / "moon.ser"
-    dst.parent.mkdir()
-    shutil.copy(capture.info.video, dst)
-    return dst
+def video(sim_capture, tmp_path) -> Path:
+    """This test's own copy of the simulated Moon capture."""
+    return Path(shutil.copy(sim_capture("moon").info.video, tmp_path / "moon.ser"))
 
 
 def _one_error(capsys, *names: str) -> tuple[str, str]:
@@ -92,10 +85,10 @@ def test_up_to_date_outputs_are_skipped_and_others_refused(video, tmp_path, caps
     assert read_image(out)[1]["parameters"]["ap"]["size"] == 48
 
 
-def test_two_inputs_with_one_output_name(capture, tmp_path, capsys):
+def test_two_inputs_with_one_output_name(video, tmp_path, capsys):
     for night in ("a", "b"):
         (tmp_path / night).mkdir()
-        shutil.copy(capture.info.video, tmp_path / night / "jupiter.ser")
+        shutil.copy(video, tmp_path / night / "jupiter.ser")
     out = tmp_path / "out"
     out.mkdir()
     assert main([str(tmp_path / "a" / "jupiter.ser"), str(tmp_path / "b" / "jupiter.ser"),
