@@ -163,6 +163,8 @@ def best_mean(video: Path, share: float) -> np.ndarray:
 
 def run_tool(python: str, video: Path, out: Path, stack: int, mode: str) -> dict:
     """``live-stack reprocess`` of one tool in its own process: its figures."""
+    if out.exists():  # an earlier run's (reprocess does not replace a file silently)
+        out.unlink()
     cmd = [python, "-m", "live_stack.cli", "reprocess", str(video), "-o", str(out),
            "-q", "--stack", str(stack), "--mode", mode]
     wall, cpu, rss, _ = run_measured(cmd, cwd=out.parent)
