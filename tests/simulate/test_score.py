@@ -10,7 +10,15 @@ import pytest
 from scipy import ndimage
 
 from live_stack.simulate.scenes import render_scene
-from live_stack.simulate.score import Score, gradient_energy, psnr, register, score, ssim
+from live_stack.simulate.score import (
+    Score,
+    gradient_energy,
+    noise_evenness,
+    psnr,
+    register,
+    score,
+    ssim,
+)
 
 W, H = 200, 150
 
@@ -153,3 +161,64 @@ def test_bad_inputs(moon: np.ndarray) -> None:
         score(moon.astype(np.int32), moon)
     with pytest.raises(ValueError, match="too small"):
         score(moon[:10, :10], moon)
+
+
+# --- noise_evenness ----------------------------------------------------------------------
+
+
+def _mare(width: int = 256, height: int = 256) -> np.ndarray:
+    return render_scene("mare", width=width, height=height, seed=2, scale=256)
+
+
+def test_noise_evenness_is_small_for_even_noise_and_large_for_a_grainy_box() -> None:
+    """Photon-like noise alike everywhere scores at the measure's floor (about 0.12: the
+    scatter of each tile's noise estimate); the same with one AP-sized box of twice the
+    noise (a box with a quarter of the frames) scores about twice that; the stack's blur
+    does not count as noise."""
+    truth = _mare()
+    rng = np.random.default_rng(0)
+    sigma = 0.01 * np.sqrt(truth / truth.mean())
+    even = truth + sigma * rng.standard_normal(truth.shape)
+    grainy = even.copy()
+    box = (slice(96, 160), slice(96, 160))
+    grainy[box] += sigma[box] * np.sqrt(3.0) * rng.standard_normal((64, 64))
+    e_even = noise_evenness(even.astype(np.float32), truth)
+    e_grainy = noise_evenness(grainy.astype(np.float32), truth)
+    assert e_even < 0.16
+    assert e_grainy > 1.6 * e_even
+    blurred = cv2.GaussianBlur(truth, (0, 0), 2.0) + sigma * rng.standard_normal(truth.shape)
+    assert noise_evenness(blurred.astype(np.float32), truth) < 0.16
+
+
+def test_noise_evenness_registers_a_cropped_shifted_stack() -> None:
+    truth = _mare()
+    rng = np.random.default_rng(1)
+    noisy = truth + 0.01 * rng.standard_normal(truth.shape)
+    crop = noisy[7:231, 11:240].astype(np.float32)
+    assert noise_evenness(crop, truth) < 0.16
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tile": 4}, "tile"), ({"tile": True}, "tile"), ({"border": -1}, "border"),
+    ({"tile": 200}, "fewer than two"),
+])
+def test_noise_evenness_bad_arguments_are_named(kwargs: dict, message: str) -> None:
+    truth = _mare()
+    with pytest.raises(ValueError, match=message):
+        noise_evenness(truth, truth, **kwargs)
+
+
+def test_noise_evenness_leaves_the_sky_out() -> None:
+    """A planet on black sky, blurred as a stack is, with photon noise: the sky tiles
+    are left out and the disk's scores at the floor; with only sky there is nothing to
+    measure."""
+    truth = render_scene("planet", width=256, height=256, seed=3, scale=256)
+    rng = np.random.default_rng(2)
+    blurred = cv2.GaussianBlur(truth, (0, 0), 2.0)
+    noisy = blurred + 0.01 * np.sqrt(blurred) * rng.standard_normal(truth.shape)
+    assert noise_evenness(noisy.astype(np.float32), truth) < 0.16
+    dark = np.zeros((256, 256), np.float32)
+    dark[100:140, 100:140] = truth[100:140, 100:140]
+    with pytest.raises(ValueError, match="object"):
+        noise_evenness(dark + 0.001 * rng.standard_normal(dark.shape).astype(np.float32),
+                       dark, tile=64)
