@@ -190,3 +190,17 @@ def real_capture() -> Path:
         pytest.skip(f"real capture {REAL_CAPTURE} is absent (the ../shared/data folder "
                     "is not part of this checkout)")
     return REAL_CAPTURE
+
+
+@pytest.fixture(scope="session")
+def poor_light_capture(tmp_path_factory: pytest.TempPathFactory):
+    """A low-contrast mare at 500 electrons in D/r0 = 7 seeing, 120 frames of 192x192,
+    from the physical seeing model (issue 13): many local shifts fall back. The same as
+    ``live-stack simulate mare --frames 120 --size 192x192 --seeing physical --d-r0 7
+    --electrons 500 --seed 3``."""
+    from live_stack.simulate import simulate_capture
+    from live_stack.simulate.turbulence import TurbulenceParams
+
+    params = TurbulenceParams(d_over_r0=7.0, electrons=500.0)
+    return simulate_capture("mare", frames=120, out_dir=tmp_path_factory.mktemp("poor"),
+                            seed=3, width=192, height=192, seeing=params)

@@ -11,18 +11,13 @@ import pytest
 from live_stack.apmap import APMap, ap_map_image, ap_map_records
 from live_stack.io.images import read_image
 from live_stack.reprocess_cli import main
-from live_stack.simulate import simulate_capture
-from live_stack.simulate.turbulence import TurbulenceParams
 
 STACK = 8
 
 
 @pytest.fixture(scope="module")
-def capture(tmp_path_factory):
-    """A low-signal mare in poor seeing: some shifts fall back."""
-    params = TurbulenceParams(d_over_r0=7.0, electrons=500.0)
-    return simulate_capture("mare", frames=60, out_dir=tmp_path_factory.mktemp("mare"),
-                            seed=3, width=192, height=192, seeing=params)
+def capture(poor_light_capture):
+    return poor_light_capture
 
 
 def test_map_picture_and_numbers_match_the_summary(capture, tmp_path, capsys) -> None:

@@ -14,9 +14,7 @@ from live_stack.local import LocalParams, ap_quality
 from live_stack.pipeline import PipelineParams, run, stack_aps
 from live_stack.quality import QualityParams, rank
 from live_stack.reference import ReferenceParams, build_reference
-from live_stack.simulate import simulate_capture
 from live_stack.simulate.score import noise_evenness
-from live_stack.simulate.turbulence import TurbulenceParams
 
 #: Frames per AP asked for.
 STACK = 12
@@ -27,10 +25,8 @@ EVENNESS_BOUND = 0.16
 
 
 @pytest.fixture(scope="module")
-def capture(tmp_path_factory):
-    params = TurbulenceParams(d_over_r0=7.0, electrons=500.0)
-    return simulate_capture("mare", frames=120, out_dir=tmp_path_factory.mktemp("mare"),
-                            seed=3, width=192, height=192, seeing=params)
+def capture(poor_light_capture):
+    return poor_light_capture
 
 
 def test_every_ap_stacks_the_asked_number_of_frames(capture) -> None:
