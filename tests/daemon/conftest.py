@@ -184,6 +184,43 @@ def endpoints() -> dict[str, str]:
     return {name: f"tcp://127.0.0.1:{_free_port()}" for name in ("ingest", "publish", "control")}
 
 
+@pytest.fixture
+def recv_stack() -> Callable[..., Any]:
+    """``recv_stack(sub, pred, timeout=30)``: the first ``stack`` message on the
+    subscriber ``sub`` for which ``pred(message)`` holds (AssertionError after
+    ``timeout`` seconds)."""
+    import time
+
+    def recv(sub: Any, pred: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = sub.recv(timeout=max(0.0, deadline - time.monotonic()))
+            if msg is not None and msg.topic == "stack" and pred(msg):
+                return msg
+        raise AssertionError("no such stack published")
+
+    return recv
+
+
+@pytest.fixture
+def indi_server(tmp_path: Path) -> Iterator[Any]:
+    """A running indiserver with the CCD simulator (see conftest_indi.py); skips the
+    test when indiserver or PyIndi is missing."""
+    from conftest_indi import running_indi_server
+
+    with running_indi_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def start_source(tmp_path: Path) -> Iterator[Any]:
+    """A function starting ``live-stack source indi`` processes (stopped after)."""
+    from conftest_indi import source_starter
+
+    with source_starter(tmp_path) as start:
+        yield start
+
+
 @pytest.fixture(scope="session")
 def small_capture(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A small simulated capture (80 frames of 160x120, 8-bit mono) with its truth."""

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from daemon import protocol
-from daemon.client import Message, Subscriber, control_request
+from daemon.client import Subscriber, control_request
 from daemon.service import StackingService
 from daemon.sources import FramePusher
 from daemon.sources.replay import ReplayParams, frame_offsets, replay
@@ -24,17 +24,9 @@ from daemon.sources.replay import ReplayParams, frame_offsets, replay
 WAIT = 30.0
 
 
-def _recv_stack(sub: Subscriber, pred: Callable[[Message], bool]) -> Message:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        msg = sub.recv(timeout=max(0.0, deadline - time.monotonic()))
-        if msg is not None and msg.topic == "stack" and pred(msg):
-            return msg
-    raise AssertionError("no such stack published")
-
-
 def test_replayed_capture_through_the_daemon_matches_the_engine(
-    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
+    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
+    recv_stack: Callable[..., Any],
 ) -> None:
     from live_stack.io import open_source
     from live_stack.live import LiveParams, LiveStacker
@@ -48,7 +40,7 @@ def test_replayed_capture_through_the_daemon_matches_the_engine(
             capture_output=True, text=True, timeout=120,
         )
         assert r.returncode == 0, r.stderr
-        msg = _recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
+        msg = recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
     st = control_request(svc.endpoints.control, "status", timeout=WAIT, context=zctx)["result"]
     assert st["frames"]["received"] == n and st["frames"]["processed"] == n
     assert sum(st["drops"].values()) == 0 and st["gaps"] == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,24 +11,16 @@ import numpy as np
 import zmq
 
 from daemon import protocol
-from daemon.client import Message, Subscriber, control_request
+from daemon.client import Subscriber, control_request
 from daemon.service import StackingService
 
 #: Seconds any test waits for something to happen over a socket.
 WAIT = 30.0
 
 
-def _recv_stack(sub: Subscriber, pred: Callable[[Message], bool]) -> Message:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        msg = sub.recv(timeout=max(0.0, deadline - time.monotonic()))
-        if msg is not None and msg.topic == "stack" and pred(msg):
-            return msg
-    raise AssertionError("no such stack published")
-
-
 def test_set_stack_size_after_the_source_stopped_reblends_and_save_writes_it(
-    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
+    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
+    recv_stack: Callable[..., Any],
 ) -> None:
     from live_stack.io.images import read_image
     from live_stack.live import LiveParams, LiveStacker
@@ -45,13 +36,13 @@ def test_set_stack_size_after_the_source_stopped_reblends_and_save_writes_it(
             capture_output=True, text=True, timeout=120,
         )
         assert r.returncode == 0, r.stderr  # the source has stopped: no frame comes any more
-        before = _recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
+        before = recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
         per_ap = before.header["meta"]["stats"]["frames_per_ap"]
         assert per_ap > 5
         reply = control_request(ctl, "set", name="stack_size", value="5%", timeout=WAIT,
                                 context=zctx)
         assert reply["ok"] and reply["result"]["value"] == "5%"
-        after = _recv_stack(sub, lambda m: m.header["seq"] > before.header["seq"])
+        after = recv_stack(sub, lambda m: m.header["seq"] > before.header["seq"])
     meta = after.header["meta"]
     assert meta["frames_processed"] == n and meta["newest"]["index"] == n - 1  # no new frame
     assert 1 <= meta["stats"]["frames_per_ap"] < per_ap  # fewer frames per AP: re-selected
@@ -69,7 +60,8 @@ def test_set_stack_size_after_the_source_stopped_reblends_and_save_writes_it(
 
 
 def test_a_refused_set_makes_no_new_stack(
-    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
+    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
+    recv_stack: Callable[..., Any],
 ) -> None:
     from live_stack.live import LiveParams, LiveStacker
 
@@ -82,7 +74,7 @@ def test_a_refused_set_makes_no_new_stack(
             capture_output=True, text=True, timeout=120,
         )
         assert r.returncode == 0, r.stderr
-        last = _recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
+        last = recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
         reply = control_request(svc.endpoints.control, "set", name="stack_size", value="0%",
                                 timeout=WAIT, context=zctx)
         assert not reply["ok"] and "stack size" in reply["error"]

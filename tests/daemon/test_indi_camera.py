@@ -11,8 +11,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -20,8 +19,6 @@ from conftest_indi import (  # noqa: E402
     SIM_DEVICE,
     IndiServer,
     requires_indi,
-    running_indi_server,
-    source_starter,
 )
 
 from daemon.client import control_request  # noqa: E402
@@ -33,18 +30,6 @@ pytestmark = [pytest.mark.indi, requires_indi]
 WAIT_MS = 60_000
 #: Binning of the simulator's frames (keeps the stacker quick).
 BINNING = 4
-
-
-@pytest.fixture
-def indi_server(tmp_path: Path) -> Iterator[IndiServer]:
-    with running_indi_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def start_source(tmp_path: Path) -> Iterator[Any]:
-    with source_starter(tmp_path) as start:
-        yield start
 
 
 def test_the_viewers_camera_settings_reach_the_simulator(

@@ -9,7 +9,7 @@ not what it looks like.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ from conftest_indi import (
     SIM_WIDTH,
     IndiServer,
     requires_indi,
-    running_indi_server,
-    source_starter,
 )
 
 from daemon.client import Subscriber, control_request
@@ -30,18 +28,6 @@ from daemon.security import ClientCurve, make_keys
 from live_stack.live import LiveParams, LiveStacker
 
 pytestmark = [pytest.mark.indi, requires_indi]
-
-
-@pytest.fixture
-def indi_server(tmp_path: Path) -> Iterator[IndiServer]:
-    with running_indi_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def start_source(tmp_path: Path) -> Iterator[Any]:
-    with source_starter(tmp_path) as start:
-        yield start
 
 
 #: Seconds until the first published stack (server, camera, warm-up of the stacker).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,25 +21,11 @@ from conftest_indi import (
     FrameReceiver,
     IndiServer,
     requires_indi,
-    running_indi_server,
-    source_starter,
 )
 
 from daemon.sources.indi import EXIT_NO_DEVICE, EXIT_OK
 
 pytestmark = [pytest.mark.indi, requires_indi]
-
-
-@pytest.fixture
-def indi_server(tmp_path: Path) -> Iterator[IndiServer]:
-    with running_indi_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def start_source(tmp_path: Path) -> Iterator[Any]:
-    with source_starter(tmp_path) as start:
-        yield start
 
 
 @pytest.fixture
