@@ -203,6 +203,48 @@ def recv_stack() -> Callable[..., Any]:
 
 
 @pytest.fixture
+def wait_status(zctx: zmq.Context) -> Callable[..., dict[str, Any]]:
+    """``wait_status(svc, pred, timeout=30)``: the first status the service publishes for
+    which ``pred(status)`` holds (AssertionError after ``timeout`` seconds)."""
+    import time
+
+    from daemon.client import Subscriber
+    from daemon.protocol import TOPIC_STATUS
+
+    def wait(svc: StackingService, pred: Callable[[dict[str, Any]], bool],
+             timeout: float = 30.0) -> dict[str, Any]:
+        last = None
+        deadline = time.monotonic() + timeout
+        with Subscriber(svc.endpoints.publish, topics=(TOPIC_STATUS,), context=zctx) as sub:
+            while (left := deadline - time.monotonic()) > 0:
+                msg = sub.recv(timeout=left)
+                if msg is not None:
+                    last = msg.header
+                    if pred(last):
+                        return last
+        raise AssertionError(f"no status matched within {timeout} s; last: {last}")
+
+    return wait
+
+
+@pytest.fixture
+def replay_into() -> Callable[..., None]:
+    """``replay_into(ingest, video, *options)``: run ``live-stack source replay VIDEO
+    --fps 0 --to INGEST OPTIONS`` as a process to its end (the whole capture sent, or
+    AssertionError with its stderr)."""
+    import subprocess
+    import sys
+
+    def replay(ingest: str, video: Any, *options: str) -> None:
+        r = subprocess.run([sys.executable, "-m", "live_stack.cli", "source", "replay",
+                            str(video), "--fps", "0", "--to", ingest, *options],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    return replay
+
+
+@pytest.fixture
 def indi_server(tmp_path: Path) -> Iterator[Any]:
     """A running indiserver with the CCD simulator (see conftest_indi.py); skips the
     test when indiserver or PyIndi is missing."""

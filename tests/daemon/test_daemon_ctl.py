@@ -7,18 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-import zmq
+import pytest
 
-from daemon.client import control_request
 from daemon.service import StackingService
 from daemon.summary import reply_text, status_text
-
-#: Seconds any test waits for something to happen.
-WAIT = 30.0
 
 
 def _ctl(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
@@ -26,30 +21,22 @@ def _ctl(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProce
                           stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
 
 
-def _fed(make_service: Callable[..., StackingService], small_capture: Any,
-         zctx: zmq.Context) -> StackingService:
+@pytest.fixture
+def fed(make_service: Callable[..., StackingService], small_capture: Any,
+        replay_into: Callable[..., None], wait_status: Callable[..., Any]) -> StackingService:
     """A daemon with the real live stacker that has stacked a replayed capture."""
     from live_stack.live import LiveParams, LiveStacker
 
     svc = make_service(LiveStacker(LiveParams()), service={"queue_size": 200})
-    r = subprocess.run([sys.executable, "-m", "live_stack.cli", "source", "replay",
-                        small_capture.video, "--fps", "0", "--to", svc.endpoints.ingest],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        st = control_request(svc.endpoints.control, "status", timeout=WAIT,
-                             context=zctx)["result"]
-        if st["frames"]["processed"] == small_capture.frames and st["stack"]:
-            return svc
-        time.sleep(0.05)
-    raise AssertionError(f"the capture was not stacked: {st}")
+    replay_into(svc.endpoints.ingest, small_capture.video)
+    wait_status(svc, lambda st: st["frames"]["processed"] == small_capture.frames
+                and bool(st["stack"]))
+    return svc
 
 
-def test_ctl_status_is_readable_and_json_on_demand(
-    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
-) -> None:
-    svc = _fed(make_service, small_capture, zctx)
+def test_ctl_status_is_readable_and_json_on_demand(fed: StackingService,
+                                                   small_capture: Any) -> None:
+    svc = fed
     ctl = svc.endpoints.control
     r = _ctl("--control", ctl, "status")
     assert r.returncode == 0, r.stderr
@@ -72,11 +59,9 @@ def test_ctl_status_is_readable_and_json_on_demand(
     assert r.returncode == 1 and r.stdout == "" and "stack size" in r.stderr
 
 
-def test_ctl_into_a_closed_pipe_ends_quietly(
-    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
-) -> None:
+def test_ctl_into_a_closed_pipe_ends_quietly(fed: StackingService) -> None:
     """``ctl status | head``: the reader is gone before ctl writes (no traceback)."""
-    svc = _fed(make_service, small_capture, zctx)
+    svc = fed
     for extra in ([], ["--json"]):
         read, write = os.pipe()
         os.close(read)  # every write into it now fails with EPIPE

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,18 +39,9 @@ def noise_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _status_until(ctl: str, zctx: zmq.Context, pred: Callable[[dict], bool]) -> dict:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        st = control_request(ctl, "status", timeout=WAIT, context=zctx)["result"]
-        if pred(st):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"status never matched; last: {st}")
-
-
 def test_a_capture_of_pure_noise_gives_the_reason_in_status_and_log(
-    make_service: Callable[..., StackingService], noise_capture: Path, zctx: zmq.Context
+    make_service: Callable[..., StackingService], noise_capture: Path, zctx: zmq.Context,
+    replay_into: Callable[..., None], wait_status: Callable[..., Any],
 ) -> None:
     from live_stack.live import LiveParams, LiveStacker
 
@@ -60,11 +49,8 @@ def test_a_capture_of_pure_noise_gives_the_reason_in_status_and_log(
     ctl = svc.endpoints.control
     st = control_request(ctl, "status", timeout=WAIT, context=zctx)["result"]
     assert st["diagnosis"]["kind"] == "waiting" and svc.endpoints.ingest in st["diagnosis"]["text"]
-    r = subprocess.run([sys.executable, "-m", "live_stack.cli", "source", "replay",
-                        str(noise_capture), "--fps", "0", "--to", svc.endpoints.ingest],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    st = _status_until(ctl, zctx, lambda s: s["frames"]["processed"] == NOISE_FRAMES)
+    replay_into(svc.endpoints.ingest, noise_capture)
+    st = wait_status(svc, lambda s: s["frames"]["processed"] == NOISE_FRAMES)
     # a frame or two right after the warm-up may pass for aligned by chance (the stacker
     # then has no typical strength to compare with); the rest fail to align
     assert st["frames"]["admitted"] <= 3
@@ -84,17 +70,18 @@ def test_a_capture_of_pure_noise_gives_the_reason_in_status_and_log(
 
 
 def test_frames_all_dropped_and_paused_are_said(
-    make_service: Callable[..., StackingService], standin_cls: type, zctx: zmq.Context
+    make_service: Callable[..., StackingService], standin_cls: type, zctx: zmq.Context,
+    wait_status: Callable[..., Any],
 ) -> None:
     svc = make_service(standin_cls())
     ctl = svc.endpoints.control
     with FramePusher(svc.endpoints.ingest, source="t", context=zctx) as push:
         push.send(np.zeros((8, 8), np.uint8))
-        _status_until(ctl, zctx, lambda s: s["frames"]["processed"] == 1)
+        wait_status(svc, lambda s: s["frames"]["processed"] == 1)
         assert control_request(ctl, "status", timeout=WAIT,
                                context=zctx)["result"]["diagnosis"] is None
         control_request(ctl, "pause", timeout=WAIT, context=zctx)
-        st = _status_until(ctl, zctx, lambda s: s["diagnosis"] is not None)
+        st = wait_status(svc, lambda s: s["diagnosis"] is not None)
         assert st["diagnosis"]["kind"] == "paused" and not st["diagnosis"]["fault"]
 
 

@@ -26,7 +26,7 @@ WAIT = 30.0
 
 def test_replayed_capture_through_the_daemon_matches_the_engine(
     make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
-    recv_stack: Callable[..., Any],
+    recv_stack: Callable[..., Any], replay_into: Callable[..., None],
 ) -> None:
     from live_stack.io import open_source
     from live_stack.live import LiveParams, LiveStacker
@@ -34,12 +34,7 @@ def test_replayed_capture_through_the_daemon_matches_the_engine(
     svc = make_service(LiveStacker(LiveParams()), service={"queue_size": 200})
     n = small_capture.frames
     with Subscriber(svc.endpoints.publish, topics=(protocol.TOPIC_STACK,), context=zctx) as sub:
-        r = subprocess.run(
-            [sys.executable, "-m", "live_stack.cli", "source", "replay", small_capture.video,
-             "--fps", "0", "--original-times", "--to", svc.endpoints.ingest],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert r.returncode == 0, r.stderr
+        replay_into(svc.endpoints.ingest, small_capture.video, "--original-times")
         msg = recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
     st = control_request(svc.endpoints.control, "status", timeout=WAIT, context=zctx)["result"]
     assert st["frames"]["received"] == n and st["frames"]["processed"] == n

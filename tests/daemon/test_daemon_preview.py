@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +21,8 @@ WAIT = 30.0
 
 
 def test_previews_of_a_replayed_capture_are_its_frames(
-    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context
+    make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
+    replay_into: Callable[..., None],
 ) -> None:
     from live_stack.io import open_source
     from live_stack.live import LiveParams, LiveStacker
@@ -33,10 +32,7 @@ def test_previews_of_a_replayed_capture_are_its_frames(
         frames = [np.array(f) for f in src]
     with Subscriber(svc.endpoints.publish, topics=(protocol.TOPIC_PREVIEW,),
                     context=zctx) as sub:
-        r = subprocess.run([sys.executable, "-m", "live_stack.cli", "source", "replay",
-                            small_capture.video, "--fps", "40", "--to", svc.endpoints.ingest],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
+        replay_into(svc.endpoints.ingest, small_capture.video, "--fps", "40")
         got = []
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and (not got or got[-1].header["seq"] < len(frames) - 1):

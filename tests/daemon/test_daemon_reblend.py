@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +18,7 @@ WAIT = 30.0
 
 def test_set_stack_size_after_the_source_stopped_reblends_and_save_writes_it(
     make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
-    recv_stack: Callable[..., Any],
+    recv_stack: Callable[..., Any], replay_into: Callable[..., None],
 ) -> None:
     from live_stack.io.images import read_image
     from live_stack.live import LiveParams, LiveStacker
@@ -30,12 +28,8 @@ def test_set_stack_size_after_the_source_stopped_reblends_and_save_writes_it(
     n = small_capture.frames
     ctl = svc.endpoints.control
     with Subscriber(svc.endpoints.publish, topics=(protocol.TOPIC_STACK,), context=zctx) as sub:
-        r = subprocess.run(
-            [sys.executable, "-m", "live_stack.cli", "source", "replay", small_capture.video,
-             "--fps", "0", "--to", svc.endpoints.ingest],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert r.returncode == 0, r.stderr  # the source has stopped: no frame comes any more
+        # the whole capture sent, the source has stopped: no frame comes any more
+        replay_into(svc.endpoints.ingest, small_capture.video)
         before = recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
         per_ap = before.header["meta"]["stats"]["frames_per_ap"]
         assert per_ap > 5
@@ -61,19 +55,14 @@ def test_set_stack_size_after_the_source_stopped_reblends_and_save_writes_it(
 
 def test_a_refused_set_makes_no_new_stack(
     make_service: Callable[..., StackingService], small_capture: Any, zctx: zmq.Context,
-    recv_stack: Callable[..., Any],
+    recv_stack: Callable[..., Any], replay_into: Callable[..., None],
 ) -> None:
     from live_stack.live import LiveParams, LiveStacker
 
     svc = make_service(LiveStacker(LiveParams()), service={"queue_size": 200})
     n = small_capture.frames
     with Subscriber(svc.endpoints.publish, topics=(protocol.TOPIC_STACK,), context=zctx) as sub:
-        r = subprocess.run(
-            [sys.executable, "-m", "live_stack.cli", "source", "replay", small_capture.video,
-             "--fps", "0", "--to", svc.endpoints.ingest],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert r.returncode == 0, r.stderr
+        replay_into(svc.endpoints.ingest, small_capture.video)
         last = recv_stack(sub, lambda m: m.header["meta"]["newest"]["index"] == n - 1)
         reply = control_request(svc.endpoints.control, "set", name="stack_size", value="0%",
                                 timeout=WAIT, context=zctx)
