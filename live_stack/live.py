@@ -1,16 +1,19 @@
 """Live stacking: the offline pipeline's phases, driven one frame at a time.
 
-:class:`LiveStacker` keeps a bounded buffer of the best frames of a rolling window and,
-for every alignment point, the sum of the shifted patches of the best frames there.
-Each frame that arrives is measured (quality cells, :mod:`live_stack.quality`), aligned
-globally against a target frame (:mod:`live_stack.align`), and either admitted to the
-buffer or dropped with its reason counted. An admitted frame's quality at every AP is
-looked up once; where it ranks among the best ``N`` of the buffer, its local shift is
-measured against the AP reference (:mod:`live_stack.local`) and its shifted patch is
-added to that AP's sum (:mod:`live_stack.stack`). A frame that leaves the buffer (worse
-than a newcomer, or out of the window) is subtracted from the sums it was in, and the
-next best frame at each of those APs takes its place. :meth:`LiveStacker.snapshot`
-blends the sums exactly as the offline pipeline does.
+:class:`LiveStacker` keeps a bounded buffer of the best frames of a rolling window and
+drives the AP-stacking engine (:class:`live_stack.apstack.APStack`, the offline
+pipeline's too) over it. Each frame that arrives is measured (quality cells,
+:mod:`live_stack.quality`), aligned globally against a target frame
+(:mod:`live_stack.align`; accepted by :func:`~live_stack.align.accepts`), and either
+admitted to the buffer or dropped with its reason counted. An admitted frame enters the
+engine, which selects it at the APs where it ranks among the best ``N`` of the buffer
+(:func:`~live_stack.local.stack_count` of the buffer's fill); a frame that leaves the
+buffer (worse than a newcomer, or out of the window) leaves the engine, which takes it
+out of the sums and selects the next best. The reference the grid is laid on and the
+background of every snapshot are the buffer's reference (:mod:`live_stack.reference`'s
+rule, ``LiveParams.reference``). This module holds what only a live driver needs: the
+buffer, the warm-up, the quality gate, drift and new targets, when the stack is
+promoted to be the AP reference, and how much of the engine's work each call does.
 
 Heavy work is spread over later calls: when the AP grid is laid again (large drift, a
 new AP size) or the stack is promoted to be the new AP reference, the pairs of frames

@@ -102,7 +102,7 @@ def stack_count(size: str | int | float, usable: int) -> int:
 
 @dataclass(frozen=True)
 class Selection:
-    """Result of :func:`select`: the best frames at each AP.
+    """The best frames at each AP, as the engine selected them (:func:`best_per_ap`).
 
     Attributes
     ----------
@@ -112,16 +112,13 @@ class Selection:
     counts : tuple of int
         The frames per AP of each requested stack size.
     quality : numpy.ndarray
-        float32 ``(n, m)`` local quality table (``-inf`` for unusable frames).
+        float32 ``(n, m)`` local quality table (``-inf`` where the frame may not be
+        selected: not aligned, or its patch not wholly inside it).
     """
 
     rank: np.ndarray
     counts: tuple[int, ...]
     quality: np.ndarray
-
-    def frames(self) -> np.ndarray:
-        """Indices of the frames selected at one AP at least, ascending."""
-        return np.flatnonzero((self.rank >= 0).any(axis=1))
 
 
 def ap_quality(ranking: Ranking, alignment: GlobalAlignment, grid: APGrid) -> np.ndarray:
@@ -138,36 +135,6 @@ def ap_quality(ranking: Ranking, alignment: GlobalAlignment, grid: APGrid) -> np
                                         alignment.shifts[start:stop])
     table[~alignment.ok] = -np.inf
     return table
-
-
-def select(
-    ranking: Ranking, alignment: GlobalAlignment, grid: APGrid, counts: tuple[int, ...]
-) -> Selection:
-    """Select the best frames at each AP, for one or several stack sizes at once.
-
-    The selections are nested: the best 50 at an AP are also among its best 100, so the
-    shifts measured for the largest size serve every smaller one.
-
-    Parameters
-    ----------
-    ranking : Ranking
-        Per-frame quality cells.
-    alignment : GlobalAlignment
-        Global shifts (the AP boxes are looked up where each frame shows them).
-    grid : APGrid
-        The APs.
-    counts : tuple of int
-        Frames per AP of each stack size.
-
-    Returns
-    -------
-    Selection
-    """
-    if not counts or min(counts) < 1:
-        raise ValueError(f"counts must be one or more positive frame counts, got {counts}")
-    quality = ap_quality(ranking, alignment, grid)
-    rank = best_per_ap(quality, min(max(counts), int(alignment.ok.sum())))
-    return Selection(rank=rank, counts=tuple(int(c) for c in counts), quality=quality)
 
 
 def best_per_ap(quality: np.ndarray, top: int) -> np.ndarray:

@@ -11,10 +11,10 @@ from live_stack.apgrid import APGrid
 from live_stack.local import (
     LocalParams,
     ap_quality,
+    best_per_ap,
     extract,
     inside,
     parse_stack_size,
-    select,
     stack_count,
 )
 from live_stack.quality import QualityParams, Ranking
@@ -81,51 +81,52 @@ def _alignment(n: int, ok: np.ndarray | None = None,
 GRID4 = APGrid(centres=AP_CENTRES, size=16, search=4, shape=(32, 32))
 
 
-def test_select_picks_the_best_frames_per_ap() -> None:
+def test_best_per_ap_picks_the_best_frames_per_ap() -> None:
     rng = np.random.default_rng(7)
     n = 12
     values = np.stack([rng.permutation(n) for _ in range(4)], axis=1).astype(float) + 1
     ok = np.ones(n, bool)
     ok[5] = False  # failed global alignment: never selected
-    sel = select(_known_ranking(values), _alignment(n, ok), GRID4, (3, 6))
-    assert sel.counts == (3, 6)
-    assert sel.rank.shape == (n, 4)
-    assert np.all(np.isneginf(sel.quality[5]))
-    assert np.allclose(sel.quality[ok], values[ok] / CELL**2)
+    quality = ap_quality(_known_ranking(values), _alignment(n, ok), GRID4)
+    rank = best_per_ap(quality, 6)
+    assert rank.shape == (n, 4)
+    assert np.all(np.isneginf(quality[5]))
+    assert np.allclose(quality[ok], values[ok] / CELL**2)
     for a in range(4):
         usable = np.flatnonzero(ok)
         best = usable[np.argsort(-values[usable, a])]
-        assert list(np.flatnonzero(sel.rank[:, a] == 0)) == [best[0]]
+        assert list(np.flatnonzero(rank[:, a] == 0)) == [best[0]]
         for k in (3, 6):  # nested: the best k for every size
-            chosen = set(np.flatnonzero((sel.rank[:, a] >= 0) & (sel.rank[:, a] < k)))
+            chosen = set(np.flatnonzero((rank[:, a] >= 0) & (rank[:, a] < k)))
             assert chosen == set(best[:k])
-        order = np.argsort(sel.rank[best[:6], a])
+        order = np.argsort(rank[best[:6], a])
         assert list(order) == list(range(6))  # ranks follow quality
-        assert sel.rank[5, a] == -1
-    assert set(sel.frames()) == set(np.flatnonzero((sel.rank >= 0).any(axis=1)))
+        assert rank[5, a] == -1
 
 
-def test_select_looks_the_box_up_where_each_frame_shows_it() -> None:
+def test_best_per_ap_looks_the_box_up_where_each_frame_shows_it() -> None:
     """A frame displaced by (16, 0) shows AP 0's content where AP 2's box is."""
     values = np.array([[1.0, 1, 1, 1], [2, 2, 2, 2], [1, 1, 9, 1]])
     shifts = np.array([[0.0, 0.0], [0.0, 0.0], [16.0, 0.0]])
     q = ap_quality(_known_ranking(values), _alignment(3, shifts=shifts), GRID4)
     assert q[2, 0] == pytest.approx(9 / CELL**2)  # frame 2 at AP 0: read from AP 2's cells
-    sel = select(_known_ranking(values), _alignment(3, shifts=shifts), GRID4, (1,))
-    assert sel.rank[2, 0] == 0 and sel.rank[1, 1] == 0
+    rank = best_per_ap(q, 1)
+    assert rank[2, 0] == 0 and rank[1, 1] == 0
 
 
-def test_select_counts_larger_than_the_usable_frames() -> None:
+def test_best_per_ap_counts_larger_than_the_usable_frames() -> None:
     values = np.arange(1, 13, dtype=float).reshape(3, 4)
-    sel = select(_known_ranking(values), _alignment(3), GRID4, (10,))
-    assert (sel.rank >= 0).all()  # everything selected, ranks 0..2
-    assert set(sel.rank[:, 0]) == {0, 1, 2}
+    rank = best_per_ap(ap_quality(_known_ranking(values), _alignment(3), GRID4), 10)
+    assert (rank >= 0).all()  # everything selected, ranks 0..2
+    assert set(rank[:, 0]) == {0, 1, 2}
 
 
-@pytest.mark.parametrize("counts", [(), (0,), (3, 0)])
-def test_select_rejects_bad_counts(counts) -> None:
-    with pytest.raises(ValueError, match="counts"):
-        select(_known_ranking(np.ones((2, 4))), _alignment(2), GRID4, counts)
+def test_best_per_ap_with_none_asked_or_none_finite() -> None:
+    quality = np.ones((3, 4), np.float32)
+    assert (best_per_ap(quality, 0) == -1).all()
+    quality[:, 2] = -np.inf  # no frame may be selected at AP 2
+    rank = best_per_ap(quality, 2)
+    assert (rank[:, 2] == -1).all() and ((rank[:, [0, 1, 3]] >= 0).sum(axis=0) == 2).all()
 
 
 # ---------------------------------------------------------------- patches
