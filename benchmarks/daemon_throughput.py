@@ -58,7 +58,8 @@ def capture(cache: str, size: tuple[int, int], frames: int) -> str:
 
 class TransportOnly:
     """NOT a stacker: takes frames and does nothing with them but keep the latest, to
-    measure the daemon's own throughput (``--transport-only``)."""
+    measure the daemon's own throughput (``--transport-only``). It offers everything the
+    service calls (daemon.service.Stacker)."""
 
     params = None
 
@@ -68,6 +69,16 @@ class TransportOnly:
     def add(self, frame: np.ndarray, timestamp: float | None = None) -> object:
         self._last = frame
         return _Admitted
+
+    def add_batch(self, frames: list[np.ndarray],
+                  timestamps: list[float] | None = None) -> list[object]:
+        return [self.add(f) for f in frames]
+
+    def catch_up(self, budget: int) -> bool:
+        return False  # it defers nothing
+
+    def close(self) -> None:
+        pass  # it has no threads
 
     def snapshot(self) -> object | None:
         if self._last is None:
