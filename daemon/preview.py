@@ -19,9 +19,10 @@ import numpy as np
 
 from daemon import protocol
 
-#: Most pixels per channel the levels are measured on (a regular subsample beyond that),
-#: so that a 4k frame costs no more than about a megapixel's work.
-LEVEL_SAMPLES = 1 << 20
+#: Most pixels per channel the levels are measured on (a regular subsample beyond that):
+#: a quarter megapixel, plenty for a histogram and for a clipped share of a thousandth
+#: (the warning's threshold), and a 4k frame costs little more than a VGA one.
+LEVEL_SAMPLES = 1 << 18
 
 #: Position of each colour's sites in a 2x2 Bayer cell, by pattern: (row, column) pairs.
 BAYER_SITES = {
@@ -67,37 +68,64 @@ def full_scale(dtype: np.dtype, bit_depth: Any = None) -> float:
     return top
 
 
-def colour_channels(frame: np.ndarray, layout: str) -> dict[str, np.ndarray]:
-    """The frame's pixels by colour: ``L`` (mono), ``R``/``G``/``B`` (RGB, or the sites
-    of a Bayer mosaic; G holds both green sites), as views or flat arrays."""
+def colour_planes(frame: np.ndarray, layout: str) -> dict[str, list[np.ndarray]]:
+    """The frame's pixels by colour, as 2-D views (no copy): ``L`` (mono), ``R``/``G``/
+    ``B`` (an RGB frame's planes, or a Bayer mosaic's sites: G has two)."""
     if layout == "mono":
-        return {"L": frame}
+        return {"L": [frame]}
     if layout == "rgb":
-        return {c: frame[..., i] for i, c in enumerate("RGB")}
+        return {c: [frame[..., i]] for i, c in enumerate("RGB")}
     if layout not in BAYER_SITES:
         raise ValueError(f"layout must be mono, rgb or a Bayer pattern, got {layout!r}")
-    return {c: np.concatenate([frame[r::2, k::2].ravel() for r, k in sites])
-            for c, sites in BAYER_SITES[layout].items()}
+    return {c: [frame[r::2, k::2] for r, k in sites] for c, sites in BAYER_SITES[layout].items()}
+
+
+def _counts(sample: np.ndarray, full: float, bins: int) -> np.ndarray:
+    """Histogram of ``sample`` over ``[0, full]`` in ``bins`` bins (values beyond in the
+    last); integer samples are counted with one ``bincount``."""
+    if sample.dtype.kind == "f":
+        return np.histogram(np.clip(sample, 0.0, full), bins=bins, range=(0.0, full))[0]
+    levels_ = int(full) + 1
+    if levels_ & (levels_ - 1) == 0 and bins & (bins - 1) == 0 and bins <= levels_ \
+            and levels_ <= 1 << (8 * sample.itemsize):  # powers of two: one shift
+        shift = levels_.bit_length() - bins.bit_length()
+        index = sample >> sample.dtype.type(shift)
+        if levels_ < 1 << (8 * sample.itemsize):  # values beyond full: the last bin
+            index = np.minimum(index, sample.dtype.type(bins - 1))
+    else:
+        index = np.minimum(sample.astype(np.uint32) * np.uint32(bins)
+                           // np.uint32(levels_), np.uint32(bins - 1))
+    return np.bincount(index.ravel(), minlength=bins)[:bins]
 
 
 def levels(frame: np.ndarray, layout: str, *, full: float, bins: int) -> dict[str, Any]:
-    """Histogram and clipped share of each channel of ``frame``.
+    """Histogram and clipped share of each channel of ``frame``, measured on at most
+    :data:`LEVEL_SAMPLES` pixels per channel (a regular subsample of larger frames).
 
     Returns
     -------
     dict
         ``{"full": full, "edges": [bins + 1 values], "hist": {channel: counts},
-        "clipped": {channel: share of pixels at or above full}}``.
+        "clipped": {channel: share of pixels at or above full}}``; the edges go from 0
+        to ``full + 1`` for integer frames (each bin holds whole values), to ``full``
+        for float ones.
     """
     hist, clipped = {}, {}
-    for name, pixels in colour_channels(frame, layout).items():
-        flat = pixels.ravel() if pixels.ndim == 1 else pixels
-        step = max(1, int(np.ceil(np.sqrt(flat.size / LEVEL_SAMPLES))))
-        sample = flat[::step * step] if flat.ndim == 1 else flat[::step, ::step]
-        counts, _ = np.histogram(sample, bins=bins, range=(0.0, full))
+    for name, planes in colour_planes(frame, layout).items():
+        counts = np.zeros(bins, dtype=np.int64)
+        at_top = total = 0
+        for plane in planes:
+            pixels = plane.shape[0] * plane.shape[1] * len(planes)
+            step = max(1, int(np.ceil(np.sqrt(pixels / LEVEL_SAMPLES))))
+            sample = plane[::step, ::step]
+            counts += _counts(sample, full, bins)
+            at_top += int(np.count_nonzero(sample >= full))
+            total += sample.size
         hist[name] = counts.tolist()
-        clipped[name] = float(np.count_nonzero(sample >= full)) / max(1, sample.size)
-    return {"full": full, "edges": np.linspace(0.0, full, bins + 1).tolist(),
+        clipped[name] = at_top / max(1, total)
+    # integer samples: bin i holds the values i * (full + 1) / bins up to the next edge
+    top = full if frame.dtype.kind == "f" else full + 1
+    return {"full": full, "edges": np.linspace(0.0, top, bins + 1).tolist(),
             "hist": hist, "clipped": clipped}
 
 
@@ -105,19 +133,26 @@ def viewable(frame: np.ndarray, layout: str) -> np.ndarray:
     """The frame as mono or RGB pixels: a Bayer mosaic's 2x2 cells become one RGB pixel
     each (half size; the two greens averaged); float frames become uint16."""
     if layout in BAYER_SITES:
-        sites = BAYER_SITES[layout]
         h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
-        planes = [np.mean([frame[r:h:2, k:w:2].astype(np.float32) for r, k in sites[c]],
-                          axis=0) for c in "RGB"]
-        frame = np.stack(planes, axis=-1).astype(frame.dtype)
+        planes = []
+        for sites in colour_planes(frame[:h, :w], layout).values():
+            if len(sites) == 1:
+                planes.append(sites[0])
+            else:  # the two greens, averaged in a wider type
+                planes.append(((sites[0].astype(np.uint32) + sites[1]) // 2).astype(frame.dtype)
+                              if frame.dtype.kind != "f" else (sites[0] + sites[1]) / 2)
+        frame = np.dstack(planes)
     if frame.dtype.kind == "f":
         frame = protocol.stack_to_wire(frame)
     return frame
 
 
 def decimate(image: np.ndarray, max_bytes: int) -> tuple[np.ndarray, int]:
-    """``image`` averaged over ``k x k`` blocks, the smallest whole ``k`` whose result
-    fits ``max_bytes``; returns the result and ``k``."""
+    """``image`` averaged over ``k x k`` blocks (OpenCV's area resampling, which is that
+    for a whole factor), the smallest whole ``k`` whose result fits ``max_bytes``;
+    returns the result and ``k``."""
+    import cv2
+
     per_pixel = image.itemsize * (image.shape[2] if image.ndim == 3 else 1)
     pixels = image.shape[0] * image.shape[1]
     k = max(1, int(np.ceil(np.sqrt(pixels * per_pixel / max_bytes))))
@@ -126,9 +161,9 @@ def decimate(image: np.ndarray, max_bytes: int) -> tuple[np.ndarray, int]:
     if k == 1:
         return image, 1
     h, w = image.shape[0] // k, image.shape[1] // k
-    blocks = image[: h * k, : w * k].reshape(h, k, w, k, *image.shape[2:])
-    out = blocks.mean(axis=(1, 3), dtype=np.float32) + np.float32(0.5)
-    return out.astype(image.dtype), k
+    out = cv2.resize(np.ascontiguousarray(image[: h * k, : w * k]), (w, h),
+                     interpolation=cv2.INTER_AREA)
+    return out, k
 
 
 def encode_preview(header: dict[str, Any], frame: np.ndarray, params: PreviewParams, *,

@@ -104,3 +104,6 @@ def test_preview_functions() -> None:
         PreviewParams(max_bytes=10)
     with pytest.raises(ValueError, match="layout"):
         levels(img, "XYZW", full=1.0, bins=2)
+    # a 12-bit frame in 16-bit words: 4095 is clipped, the bins span 0..4095
+    lv = levels(np.array([[0, 4095], [4095, 2048]], np.uint16), "mono", full=4095.0, bins=2)
+    assert lv["hist"]["L"] == [1, 3] and lv["clipped"]["L"] == 0.5
