@@ -341,6 +341,15 @@ def print_summary(path: str, s: dict) -> None:
     print(f"  time: {phase_times}  total {s['total_seconds']:.2f}s")
     for size, out in zip(s["stacks"], s["outputs"], strict=True):
         print(f"  stack {size} ({s['stacks'][size]} frames per AP) -> {out}")
+    per_ap = s.get("per_ap")
+    if per_ap:
+        frames = np.asarray(per_ap["frames"])
+        short = frames < per_ap["asked"]
+        if short.any():
+            # a frame is selected at an AP only if the AP's patch lies wholly inside it
+            print(f"  {int(short.sum())} of {len(frames)} APs stacked fewer than "
+                  f"{per_ap['asked']} frames (as few as {int(frames.min())}): their patches "
+                  "lie outside the other frames (drift); see --ap-map")
 
 
 # -- output policy ----------------------------------------------------------------------

@@ -109,3 +109,25 @@ def test_bad_ap_map_options_fail_before_stacking(capture, tmp_path, capsys) -> N
         assert code == expected
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_summary_says_why_an_ap_is_short_of_frames(tmp_path, capsys) -> None:
+    """A capture drifting by most of a frame: the APs near the edges lie inside only
+    some frames, so they stack fewer than asked, and the summary and the map say so."""
+    from live_stack.simulate import simulate_capture
+    from live_stack.simulate.turbulence import TurbulenceParams
+
+    cap = simulate_capture("mare", frames=60, out_dir=tmp_path / "drift", seed=0,
+                           width=192, height=192, drift=150.0,
+                           seeing=TurbulenceParams(d_over_r0=3.0, electrons=2000.0))
+    ap_map = tmp_path / "map.png"
+    code = main([str(cap.video), "-o", str(tmp_path / "s.tif"), "-q", "--stack", "90%",
+                 "--ap-map", str(ap_map)])
+    assert code == 0
+    numbers = json.loads(ap_map.with_suffix(".json").read_text())
+    short = [r["frames"] for r in numbers["records"] if r["frames"] < numbers["frames_asked"]]
+    assert numbers["aps_short_of_frames"] == len(short) > 0
+    out = capsys.readouterr().out
+    assert f"{len(short)} of {numbers['aps']} APs stacked fewer than" in out
+    assert f"as few as {min(short)}" in out
+    assert "outside the other frames" in out
