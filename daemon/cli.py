@@ -263,8 +263,13 @@ def ctl_parser() -> argparse.ArgumentParser:
                    help=f"the daemon's control endpoint (default {DEFAULT_CONTROL})")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                    help=f"seconds to wait for the reply (default {DEFAULT_TIMEOUT:g})")
-    p.add_argument("command", choices=sorted(CONTROL_FIELDS), help="the command")
-    p.add_argument("args", nargs="*", help="for set: NAME VALUE (VALUE is JSON or text)")
+    # camera_hello and camera_result are what sources send, not commands for a shell
+    commands = sorted(c for c in CONTROL_FIELDS if c not in ("camera_hello", "camera_result"))
+    p.add_argument("command", choices=commands, help="the command")
+    p.add_argument("args", nargs="*",
+                   help="for set: NAME VALUE (VALUE is JSON or text); for camera: SETTING "
+                        "VALUE (exposure S, gain G, binning N, roi '[X, Y, W, H]'); for "
+                        "load: FILE (as history lists it)")
     add_client_arguments(p)
     return p
 
@@ -285,6 +290,14 @@ def ctl_main(argv: Sequence[str]) -> int:
             fields = {"name": name, "value": check_live_value(name, value)}
         except ValueError as exc:
             return _error("ctl", f"set: {exc}")
+    elif args.command == "camera":
+        if len(args.args) != 2:
+            return _error("ctl", "camera takes SETTING VALUE")
+        fields = {"settings": {args.args[0]: _parse_value(args.args[1])}}
+    elif args.command == "load":
+        if len(args.args) != 1:
+            return _error("ctl", "load takes FILE")
+        fields = {"file": args.args[0]}
     elif args.args:
         return _error("ctl", f"{args.command} takes no arguments, got {args.args}")
     try:

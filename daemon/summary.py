@@ -113,6 +113,10 @@ def reply_text(cmd: str, result: Any) -> str:
         saved = result.get("saved")
         return (f"saved {saved}; " if saved else "nothing to save; ") + \
             f"now stack {result.get('segment')}"
+    if cmd == "camera" and isinstance(result, dict):
+        parts = [f"set {k} = {v!r}" for k, v in (result.get("applied") or {}).items()]
+        parts += [f"REFUSED {k}: {why}" for k, why in (result.get("refused") or {}).items()]
+        return f"{result.get('source')}: " + ("; ".join(parts) or "nothing changed")
     if cmd == "history" and isinstance(result, dict):
         stacks = result.get("stacks") or []
         lines = [f"{len(stacks)} stacks saved ({result.get('index')})"]

@@ -92,6 +92,21 @@ def test_the_viewers_camera_settings_reach_the_simulator(
                     if k.startswith("indi:")}
 
         qtbot.waitUntil(lambda: sizes() == {(640 // BINNING, 480 // BINNING)}, timeout=WAIT_MS)
+        # the same from a shell: ctl camera SETTING VALUE, readable answer
+        import subprocess
+        import sys
+
+        r = subprocess.run([sys.executable, "-m", "live_stack.cli", "ctl", "--control",
+                            svc.endpoints.control, "--timeout", "20", "camera", "exposure",
+                            "0.004"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().endswith("set exposure = 0.004")
+        assert float(indi_server.getprop(
+            f"{SIM_DEVICE}.STREAMING_EXPOSURE.STREAMING_EXPOSURE_VALUE")) == pytest.approx(0.004)
+        r = subprocess.run([sys.executable, "-m", "live_stack.cli", "ctl", "--control",
+                            svc.endpoints.control, "--timeout", "20", "camera", "binning",
+                            "0"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "REFUSED binning: binning 0 is outside" in r.stdout
     finally:
         window.close()
         link.stop()
