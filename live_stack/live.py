@@ -844,6 +844,10 @@ class LiveStacker:
             },
             "local_measured": self._tally.measured,
             "local_failed": self._tally.fell_back,
+            # per AP of the stack that serves snapshots (the order of Snapshot.ap_centres):
+            # frames in its sum, and of those, the ones whose shift fell back
+            "ap_frames": [] if state is None else state.stacked().tolist(),
+            "ap_fell_back": [] if state is None else state.fell_back().tolist(),
             "events": dict(self._events),
             "timings_ms": {k: round(v * 1e3 / max(self._seen, 1), 4)
                            for k, v in self._timing.items()},

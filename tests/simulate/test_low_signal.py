@@ -73,3 +73,8 @@ def test_live_snapshot_noise_is_even_too(capture) -> None:
     snap = st.snapshot()
     assert snap.stats["local_failed"] > 0
     assert noise_evenness(snap.image, truth) < LIVE_EVENNESS_BOUND
+    # where the stack is weak, per AP (the daemon's status carries these stats)
+    m = len(snap.ap_centres)
+    assert snap.stats["ap_frames"] == [STACK] * m
+    assert len(snap.stats["ap_fell_back"]) == m
+    assert 0 < sum(snap.stats["ap_fell_back"]) <= snap.stats["local_failed"]
