@@ -739,6 +739,99 @@ def _side_outputs(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     return failures
 
 
+def plan_inputs(args: argparse.Namespace, settings: StackSettings) -> list[Job | Outcome]:
+    """Every input in command-line order, before any work: a :class:`Job`, or already its
+    outcome (failed: no match, its output refused; skipped: up to date), each said on one
+    line as it is found."""
+    slots: list[str | Job | Outcome] = []
+    for item in args.inputs:  # a pattern that matches nothing fails alone, as a missing file
+        try:
+            slots.extend(expand_inputs([item]))
+        except ValueError as exc:
+            slots.append(Outcome(item, "failed", error=str(exc)))
+    many = len(slots) > 1
+    claimed: dict[Path, str] = {}
+    folders: dict[Path, str] = {}
+    for i, path in enumerate(slots):
+        if isinstance(path, Outcome):
+            print(f"{PROG}: error: {path.error}", file=sys.stderr)
+            continue
+        try:
+            outputs = output_paths(path, args.output, settings.params.stack_sizes,
+                                   args.format, many)
+            slots[i] = plan_job(path, outputs, settings, overwrite=args.overwrite,
+                                claimed=claimed, folders=folders)
+        except (ValueError, OSError) as exc:
+            slots[i] = Outcome(path, "failed", error=_error_text(path, exc))
+            print(f"{PROG}: error: {slots[i].error}", file=sys.stderr)
+            continue
+        if isinstance(slots[i], Outcome):
+            print(f"{path}: up to date (same input and parameters), skipped: "
+                  + ", ".join(slots[i].outputs))
+    return slots
+
+
+def _for_cluster(jobs: list[Job]) -> list[Job]:
+    """The jobs as cluster workers run them: absolute paths (the workers may run
+    elsewhere, in another folder) and no progress bars of their own."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(path) if path else path
+
+    out = []
+    for job in jobs:
+        calib = job.settings.calib
+        calib = dataclasses.replace(calib, dark=absolute(calib.dark), flat=absolute(calib.flat))
+        settings = dataclasses.replace(job.settings, quiet=True, calib=calib)
+        out.append(Job(absolute(job.path), tuple(map(absolute, job.outputs)), job.stamps,
+                       settings))
+    return out
+
+
+def run_planned(slots: list[Job | Outcome], cluster: ClusterParams | None,
+                calibration: Calibration | None, *, quiet: bool) -> int:
+    """Run the jobs among ``slots`` (here or on ``cluster``), replacing each by its
+    outcome as it finishes and saying it (summary or error line, progress); return how
+    many recordings were started again because their worker died.
+
+    Raises
+    ------
+    OSError
+        If the cluster cannot be started or reached.
+    KeyboardInterrupt
+        On Ctrl-C, once the temporary files of the unfinished outputs are removed.
+    """
+    at = [i for i, slot in enumerate(slots) if isinstance(slot, Job)]
+    jobs = [slots[i] for i in at]
+    if cluster is not None:
+        jobs = _for_cluster(jobs)
+    place = {job.path: i for job, i in zip(jobs, at, strict=True)}
+    progress = BatchProgress(len(jobs), bar=not quiet and sys.stderr.isatty()) \
+        if len(slots) > 1 else None
+    reruns = 0
+    try:
+        for outcome, again in _run_jobs(jobs, cluster, calibration):
+            i = place[outcome.input]
+            outcome = slots[i] = _as_given(outcome, slots[i])
+            reruns += bool(again)
+            if outcome.status == "failed":
+                print(f"{PROG}: error: {outcome.error}", file=sys.stderr)
+            else:
+                print_summary(outcome.input, dict(outcome.summary))
+            if again:
+                print("  (started again: the worker process it was sent to died)")
+            if progress is not None:
+                progress.update(failed=outcome.status == "failed")
+                if not progress.bar and not quiet:
+                    print(progress.line())
+    except KeyboardInterrupt:
+        remove_temporaries([slot for slot in slots if isinstance(slot, Job)])
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    return reruns
+
+
 def reprocess(args: argparse.Namespace) -> int:
     """Plan, run and report a ``reprocess`` run from its parsed arguments; the exit code."""
     try:
@@ -757,77 +850,17 @@ def reprocess(args: argparse.Namespace) -> int:
         return 2 if isinstance(exc, ValueError) else 1
     settings = StackSettings(params=params, calib=calib, colour=colour,
                              quiet=args.quiet, previews=bool(args.contact_sheet))
-
-    # every input in command-line order: a job, or its outcome already (failed, skipped)
-    slots: list[Job | Outcome] = []
-    for item in args.inputs:  # a pattern that matches nothing fails alone, as a missing file
-        try:
-            slots.extend(expand_inputs([item]))
-        except ValueError as exc:
-            slots.append(Outcome(item, "failed", error=str(exc)))
-    many = len(slots) > 1
-    claimed: dict[Path, str] = {}
-    folders: dict[Path, str] = {}
-    for i, path in enumerate(slots):
-        if isinstance(path, Outcome):
-            print(f"{PROG}: error: {path.error}", file=sys.stderr)
-            continue
-        try:
-            outputs = output_paths(path, args.output, params.stack_sizes, args.format, many)
-            slots[i] = plan_job(path, outputs, settings, overwrite=args.overwrite,
-                                claimed=claimed, folders=folders)
-        except (ValueError, OSError) as exc:
-            slots[i] = Outcome(path, "failed", error=_error_text(path, exc))
-            print(f"{PROG}: error: {slots[i].error}", file=sys.stderr)
-            continue
-        if isinstance(slots[i], Outcome):
-            print(f"{path}: up to date (same input and parameters), skipped: "
-                  + ", ".join(slots[i].outputs))
-    jobs = [slot for slot in slots if isinstance(slot, Job)]
-    at = [i for i, slot in enumerate(slots) if isinstance(slot, Job)]
+    slots = plan_inputs(args, settings)
     try:
-        cluster = _cluster_params(args, len(jobs), threads)
+        cluster = _cluster_params(args, sum(isinstance(s, Job) for s in slots), threads)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    if cluster is not None:
-        # the workers may run elsewhere: absolute paths, and no progress bars of their own
-        calib = dataclasses.replace(calib, **{name: os.path.abspath(getattr(calib, name))
-                                              for name in ("dark", "flat")
-                                              if getattr(calib, name)})
-        s = dataclasses.replace(settings, quiet=True, calib=calib)
-        jobs = [Job(os.path.abspath(j.path), tuple(os.path.abspath(o) for o in j.outputs),
-                    j.stamps, s) for j in jobs]
-    # where each job's outcome goes, and the input as given (a cluster's job has it absolute)
-    place = {job.path: i for job, i in zip(jobs, at, strict=True)}
-    progress = BatchProgress(len(jobs), bar=not args.quiet and sys.stderr.isatty()) \
-        if many else None
-    reruns = 0
     try:
-        for outcome, again in _run_jobs(jobs, cluster, calibration):
-            i = place[outcome.input]
-            outcome = _as_given(outcome, slots[i])
-            slots[i] = outcome
-            reruns += bool(again)
-            if outcome.status == "failed":
-                print(f"{PROG}: error: {outcome.error}", file=sys.stderr)
-            else:
-                print_summary(outcome.input, dict(outcome.summary))
-            if again:
-                print("  (started again: the worker process it was sent to died)")
-            if progress is not None:
-                progress.update(failed=outcome.status == "failed")
-                if not progress.bar and not args.quiet:
-                    print(progress.line())
+        reruns = run_planned(slots, cluster, calibration, quiet=args.quiet)
     except OSError as exc:  # the cluster could not be started or reached
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        remove_temporaries([slot for slot in slots if isinstance(slot, Job)])
-        raise
-    finally:
-        if progress is not None:
-            progress.close()
     outcomes = [slot for slot in slots if isinstance(slot, Outcome)]
     failures = sum(o.status == "failed" for o in outcomes)
     failures += _side_outputs(args, outcomes)
@@ -844,7 +877,7 @@ def reprocess(args: argparse.Namespace) -> int:
     if reruns:
         print(f"{reruns} recording{' was' if reruns == 1 else 's were'} started again after "
               "the worker process it was sent to died")
-    if many:
+    if len(outcomes) > 1:
         stacked = sum(o.status == "stacked" for o in outcomes)
         skipped = sum(o.status == "skipped" for o in outcomes)
         failed = sum(o.status == "failed" for o in outcomes)
