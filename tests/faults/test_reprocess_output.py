@@ -85,6 +85,21 @@ def test_up_to_date_outputs_are_skipped_and_others_refused(video, tmp_path, caps
     assert read_image(out)[1]["parameters"]["ap"]["size"] == 48
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_cut_off_output_is_not_taken_as_up_to_date(video, tmp_path, capsys, suffix):
+    from live_stack.reprocess_cli import stored_metadata
+
+    out = tmp_path / f"moon{suffix}"
+    assert main([str(video), "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert stored_metadata(out) == read_image(out)[1]  # the TIFF's without its pixels
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])  # copied by hand onto a full disk, say
+    assert main([str(video), "-o", str(out), "-q"]) == 1
+    _one_error(capsys, out.name, "not an image live-stack wrote", "--overwrite")
+    assert out.stat().st_size == len(data) // 2
+
+
 def test_two_inputs_with_one_output_name(video, tmp_path, capsys):
     for night in ("a", "b"):
         (tmp_path / night).mkdir()
