@@ -100,8 +100,9 @@ def main() -> None:
         print(f"{args.frames} frames of {WIDTH}x{HEIGHT}, stack 10%")
         print(f"{'case':<30} {'wall s':>8} {'peak MiB':>9}")
         for name, video, extra in cases:
-            r = peak_rss_command(["reprocess", str(video), "-o", str(out), "-q", *extra],
-                                 timeout=TIMEOUT_S)
+            # --overwrite: every case writes the same file (other parameters each time)
+            r = peak_rss_command(["reprocess", str(video), "-o", str(out), "-q", "--overwrite",
+                                  *extra], timeout=TIMEOUT_S)
             print(f"{name:<30} {r['wall_s']:8.2f} {r['vmhwm_mib']:9.0f}", flush=True)
 
 

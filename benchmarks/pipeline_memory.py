@@ -45,8 +45,10 @@ def main() -> int:
             cap = cycled_capture(args.cache, "moon", frames=n, width=w, height=h,
                                  distinct=DISTINCT[(w, h)])
             size_mib = cap.video.stat().st_size / 2**20
+            # --overwrite: every case writes s.tif, which reprocess would otherwise refuse
+            # to replace (made from another input)
             r = peak_rss_command(["reprocess", str(cap.video), "-o", str(Path(tmp) / "s.tif"),
-                                  "-q"], timeout=TIMEOUT_S)
+                                  "-q", "--overwrite"], timeout=TIMEOUT_S)
             rows.append((w, h, n, size_mib, r))
             print(f"{w}x{h} {n:5d} frames (SER {size_mib:7.0f} MiB): peak RSS "
                   f"{r['vmhwm_mib']:6.0f} MiB (ru_maxrss {r['ru_maxrss_mib']:.0f}), "
