@@ -26,7 +26,7 @@ ingest="tcp://127.0.0.1:$(port)"; publish="tcp://127.0.0.1:$(port)"; control="tc
 "$bin/live-stack" simulate "$scene" --frames 300 --size 640x480 --seeing poor --drift 6 \
   $colour --out "$work/capture" >/dev/null
 "$bin/live-stack" daemon --ingest "$ingest" --publish "$publish" --control "$control" \
-  --output "$work/out" --save-interval 0 --log-level warning &
+  --output "$work/out" --save-interval 5 --log-level warning &  # saves: the history fills
 pids+=($!)
 "$bin/live-stack" source replay "$work/capture/video.ser" --fps 30 --loop --to "$ingest" &
 pids+=($!)

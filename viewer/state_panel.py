@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
-from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QWidget
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QSizePolicy, QWidget
 
 #: Text shown for a value the status does not carry.
 MISSING = "–"
@@ -198,6 +198,9 @@ class StatePanel(QGroupBox):
             label = QLabel(MISSING)
             label.setObjectName(f"state_{name}")
             label.setWordWrap(True)
+            # a long unbreakable text (a file name) is cut at the column's edge rather
+            # than widen the column beyond the window
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
             self.labels[name] = label
             form.addRow(title, label)
 
