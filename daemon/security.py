@@ -169,6 +169,7 @@ class AuthorizedKeys:
         self._last_warning: dict[tuple[str, str], float] = {}  # by (kind, client key)
         self._unlogged: dict[tuple[str, str], int] = {}
         self.refused = 0  # handshakes and messages refused so far
+        self.removals = 0  # times keys were removed from the folder (read again)
         self._look()
         if not self._keys:
             raise ValueError(f"curve.authorized_clients: {self.folder} holds no client public "
@@ -202,10 +203,19 @@ class AuthorizedKeys:
                 return self._keys
             old, first = self._keys, self._signature is None
             self._keys, self._signature = keys, signature
+            if old - keys:
+                self.removals += 1
         if not first and keys != old:
             log.info("authorised client keys in %s read again: %d key(s), %d added, %d "
                      "removed", self.folder, len(keys), len(keys - old), len(old - keys))
         return keys
+
+    def refresh(self) -> int:
+        """Look at the folder if the last look is :data:`KEYS_RECHECK` seconds old;
+        return :attr:`removals` (for a publisher that must drop removed subscribers)."""
+        if time.monotonic() - self._checked >= KEYS_RECHECK:
+            self._look()
+        return self.removals
 
     def callback(self, domain: str, key: bytes) -> bool:
         """Whether the z85 ``key`` may complete a handshake (the ZAP callback)."""

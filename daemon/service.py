@@ -113,6 +113,10 @@ STOP_SNAPSHOT_SECONDS = 0.8
 #: Seconds between two log lines about the same kind of dropped frame.
 LOG_THROTTLE = 5.0
 
+#: Seconds the publisher waits for its old listener to close when it binds again (after
+#: a client key was removed).
+REBIND_WAIT = 1.0
+
 #: Why a stack is saved (the ``reason`` of its stack index record).
 SAVE_REASONS = ("request", "periodic", "reset", "stop")
 
@@ -323,6 +327,7 @@ class StackingService:
         self._threads: list[threading.Thread] = []
         self._auth: Any = None
         self._keys: AuthorizedKeys | None = None  # with CURVE on: the authorised clients
+        self._server_keys: tuple[bytes, bytes] | None = None  # with CURVE on: its key pair
         self._log_handler: logging.Handler | None = None
         self._recorder: RawRecorder | None = None
         self._started = False
@@ -399,7 +404,7 @@ class StackingService:
                                f"{describe_os_error(exc)}") from None
         sockets: list[zmq.Socket] = []
         try:
-            keys = self._curve_keys()
+            keys = self._server_keys = self._curve_keys()
             if keys is not None:
                 self._keys = AuthorizedKeys(self.config.curve.authorized_clients)
                 self._auth = start_authenticator(self._ctx, self._keys)
@@ -818,8 +823,14 @@ class StackingService:
         poller.register(wake, zmq.POLLIN)
         next_status = next_preview = time.monotonic()
         previewed: dict[str, Any] | None = None  # header of the frame last previewed
+        removals = self._keys.removals if self._keys is not None else 0
         try:
             while not self._stop.is_set():
+                if self._keys is not None and self._keys.refresh() != removals:
+                    removals = self._keys.removals
+                    poller.unregister(sock)
+                    sock = self._rebind_publisher(sock)
+                    poller.register(sock, zmq.POLLIN)
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + svc.status_interval
                     self._rates = self._stats.sample_rates()
@@ -842,6 +853,44 @@ class StackingService:
         finally:
             sock.close(linger=0)
             wake.close(linger=0)
+
+    def _rebind_publisher(self, old: zmq.Socket) -> zmq.Socket:
+        """A new publisher socket on the same endpoint, the old one closed: every
+        subscriber reconnects and makes a new handshake, which a client whose key was
+        removed from ``curve.authorized_clients`` no longer passes (a publisher cannot
+        drop one subscriber). The old listener is unbound first and the new socket bound
+        once the monitor says it is closed; subscribers miss at most a status."""
+        assert self.endpoints is not None and self._server_keys is not None
+        endpoint = self.endpoints.publish
+        monitor = old.get_monitor_socket(zmq.EVENT_CLOSED)
+        try:
+            old.unbind(endpoint)
+            if not monitor.poll(REBIND_WAIT * 1000):
+                log.warning("the publisher's old listener did not close within %g s",
+                            REBIND_WAIT)
+        finally:
+            old.disable_monitor()
+            monitor.close(linger=0)
+        sock = self._ctx.socket(zmq.XPUB)
+        sock.linger = 0
+        sock.sndhwm = PUBLISH_HWM
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        configure_server(sock, *self._server_keys)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:  # keep the old one (and its subscribers) then
+            sock.close(linger=0)
+            try:
+                old.bind(endpoint)
+            except zmq.ZMQError:
+                pass  # logged below: the publisher now has no listener
+            log.error("cannot bind the publisher again on %s to drop removed clients: %s",
+                      endpoint, zmq.strerror(exc.errno))
+            return old
+        old.close(linger=0)
+        log.info("publisher bound again on %s: subscribers reconnect, a removed key cannot",
+                 endpoint)
+        return sock
 
     def _send_preview(self, sock: zmq.Socket, header: dict[str, Any],
                       frame: np.ndarray) -> None:

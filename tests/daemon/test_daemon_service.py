@@ -422,7 +422,12 @@ def test_curve_refuses_clients_without_an_authorised_key(
     with pytest.raises(NoAnswer):
         control_request(svc.endpoints.control, "shutdown", timeout=1.0, curve=bad,
                         context=zctx)
-    with FramePusher(svc.endpoints.ingest, curve=bad, context=zctx) as push:
+    # a refused handshake leaves the pusher no pipe: its send waits (the key may be
+    # authorised later) until the stop event, which gives up after a second
+    give_up = threading.Event()
+    timer = threading.Timer(1.0, give_up.set)
+    timer.start()
+    with FramePusher(svc.endpoints.ingest, curve=bad, context=zctx, stop=give_up) as push:
         push.send(np.ones((16, 16), np.uint8))
         with Subscriber(svc.endpoints.publish, curve=bad, context=zctx) as sub:
             assert sub.recv(timeout=1.0) is None

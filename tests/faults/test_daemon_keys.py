@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import zmq.auth
 
-from daemon.client import NoAnswer, control_request
+from daemon import protocol
+from daemon.client import NoAnswer, Subscriber, control_request
 from daemon.security import AUTHORIZED_DIR, ClientCurve, make_keys
 from live_stack.io import open_source
 from live_stack.io.images import write_image
@@ -27,6 +28,10 @@ NO_ANSWER = 3.0
 
 #: Seconds to wait for a control reply that should come.
 WAIT = 10.0
+
+#: Seconds without a status message that show a subscriber was cut off (the daemon
+#: publishes one a second).
+STATUS_SILENCE = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,11 @@ def test_a_removed_key_is_refused_and_a_new_one_accepted_without_a_restart(
     shutil.copy(keys / "late.key", keys / AUTHORIZED_DIR / "late.key")
     assert d.status(curve=d.late)["state"] == "running"
 
+    # subscribers of both keys receive the status
+    viewer = Subscriber(d.endpoints["publish"], topics=(protocol.TOPIC_STATUS,), curve=d.client)
+    other = Subscriber(d.endpoints["publish"], topics=(protocol.TOPIC_STATUS,), curve=d.late)
+    assert viewer.recv(WAIT) is not None and other.recv(WAIT) is not None
+
     # the client's key removed: its open connection is cut off, a new one refused
     d.status = lambda timeout=WAIT, curve=d.late: _status(d, curve, timeout)
     (keys / AUTHORIZED_DIR / "client.key").unlink()
@@ -99,6 +109,16 @@ def test_a_removed_key_is_refused_and_a_new_one_accepted_without_a_restart(
     assert ctl.proc.returncode == 3 and "no answer" in ctl.stderr
     assert d.status()["curve_refused"] >= 21
     feed.stop()
+    # the publisher was bound again: the removed key's viewer gets nothing more, the
+    # other one reconnected and goes on
+    while viewer.recv(0.0) is not None:  # what was queued before
+        pass
+    assert viewer.recv(STATUS_SILENCE) is None
+    while other.recv(0.0) is not None:
+        pass
+    assert other.recv(WAIT) is not None
+    viewer.close()
+    other.close()
 
     # and back: the same key is accepted again
     shutil.copy(keys / "client.key", keys / AUTHORIZED_DIR / "client.key")
@@ -111,6 +131,7 @@ def test_a_removed_key_is_refused_and_a_new_one_accepted_without_a_restart(
                      rf"\S+{AUTHORIZED_DIR}", err), err
     assert "authorised client keys in" in err and "1 added, 0 removed" in err
     assert "0 added, 1 removed" in err
+    assert "publisher bound again on" in err and "did not close" not in err
     # rate-limited: a few warnings, not one per refused frame
     assert err.count("refused a") <= 4, err
 
