@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QLineEdit, QPushButton, QWidget
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QWidget,
+)
 
 from viewer.link import Reply
 
@@ -88,10 +96,15 @@ class CameraPanel(QGroupBox):
         super().__init__("Camera", parent)
         grid = QGridLayout(self)
         self.source_label = QLabel("no camera")
+        self.source_label.setWordWrap(True)
+        # a long source name is cut at the panel's edge rather than widen the column
+        self.source_label.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                        QSizePolicy.Policy.Preferred)
         grid.addWidget(self.source_label, 0, 0, 1, 4)
         self.rows: dict[str, tuple[QLabel, QLineEdit, QPushButton]] = {}
         for i, (name, label, unit, factor) in enumerate(ROWS, start=1):
             now = QLabel("–")
+            now.setWordWrap(True)
             edit = QLineEdit()
             edit.setObjectName(f"camera_{name}")
             edit.setPlaceholderText(unit)
