@@ -215,7 +215,9 @@ def open_source(
         Read what a damaged capture still holds instead of refusing it: a crash-cut SER
         file reads as its complete frames (``strict=False``), a folder leaves out the
         image files it cannot read (``skip_unreadable=True``); :func:`salvage_warning`
-        then returns the sentence to show the user. Videos are not affected.
+        then returns the sentence to show the user. A video always reads as the frames
+        that can be decoded; its ``salvaged`` note (shown by :func:`salvage_warning`
+        whatever ``salvage`` is) says when that is fewer than its container claims.
     **kwargs
         Passed to the reader: ``strict`` for SER
         (:class:`live_stack.io.ser.SerReader`), ``colour`` and ``cache_mb`` for video
@@ -261,7 +263,8 @@ def salvage_warning(source: FrameSource) -> str | None:
 
     For a SER file the sentence names the file, says how many frames its header claimed
     and how many are read, and that the file is left as it is (``live-stack repair``
-    mends its header); for a folder, which files are left out and why.
+    mends its header); for a folder, which files are left out and why; for a video,
+    how many frames its container claimed and how many could be decoded.
     """
     note = source.info.metadata.get("salvaged")
     if note is None:

@@ -16,6 +16,14 @@ So a video that fits in the cache is decoded exactly once, however it is accesse
 longer one costs one decoding pass at open plus one per sequential pass, and random
 access behind the decoder costs a re-decode from the start.
 
+A cut-off video (its writer crashed, or another program truncated it) or one still being
+written reads as the frames that can be decoded. When that is fewer than the container
+claims, or the container claims no count (an AVI whose writer has not finished has 0), or
+the file changed size during the counting pass, ``info.metadata["salvaged"]`` says so in
+one sentence (:func:`live_stack.io.salvage_warning` shows it). A frame that cannot be
+decoded again later (the file was cut after it was opened) is a :class:`SourceError`
+naming the file, never a shorter video.
+
 Colour: OpenCV decodes to BGR; frames are returned in RGB order, or as ``(H, W)`` uint8
 for mono. With ``colour="auto"`` a video whose three channels carry the same picture
 (a mono camera recorded as RGB: the channel differences are nearly constant across the
@@ -50,6 +58,9 @@ MONO_MAX_OFFSET = 8
 #: Mono detection looks at about this many pixels at most (an even subsample of a larger
 #: frame: the test is statistical, and a whole 1280x960 frame cost 80 ms).
 MONO_SAMPLE_PIXELS = 250_000
+
+#: Suffixes of containers whose index is written at the end (unreadable when cut off).
+_INDEX_LAST_SUFFIXES = (".mp4", ".mov")
 
 #: Default cache size in MiB.
 DEFAULT_CACHE_MB = 512
@@ -133,6 +144,7 @@ class VideoSource(FrameSource):
         self._colour = colour
         self._mono = colour == "mono"
         self._shape: tuple[int, ...] | None = None
+        self._size = os.path.getsize(self._path)  # bytes when opened, for the messages
 
         cap = self._reopen()
         meta = {
@@ -149,6 +161,9 @@ class VideoSource(FrameSource):
         except BaseException:
             self.close()
             raise
+        note = _shortfall(meta["reported_frames"], frames, self._size, _size_now(self._path))
+        if note is not None:
+            meta["salvaged"] = note
         if len(self._cache) == frames:  # all in memory: the decoder is no longer needed
             cap.release()
             self._cap = None
@@ -174,7 +189,11 @@ class VideoSource(FrameSource):
         cap = cv2.VideoCapture(self._path)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{self._path}: OpenCV cannot open this video")
+            hint = ""
+            if os.path.splitext(self._path)[1].lower() in _INDEX_LAST_SUFFIXES:
+                hint = (" (an MP4 or MOV recording that was cut off, or is still being "
+                        "written, lacks the index its writer puts at the end)")
+            raise SourceError(f"{self._path}: OpenCV cannot open this video{hint}")
         self._cap, self._pos = cap, 0
         return cap
 
@@ -250,9 +269,14 @@ class VideoSource(FrameSource):
             self._pos += 1
         frame = self._next() if self._pos == index else None
         if frame is None:
+            now = _size_now(self._path)
+            why = (" (truncated or rewritten by another program?)" if now != self._size
+                   else "")
             raise SourceError(
-                f"{self._path}: the video ended at frame {self._pos} on a second decoding, "
-                f"after {len(self)} frames were counted"
+                f"{self._path}: frame {index} cannot be decoded again: the video ended at "
+                f"frame {self._pos}, after {len(self)} frames were decoded when it was "
+                f"opened; the file had {self._size} bytes then and {_bytes(now)} "
+                f"now{why}"
             )
         self._remember(index, frame)
         return frame.copy() if index in self._cache else frame
@@ -263,6 +287,43 @@ class VideoSource(FrameSource):
             self._cap = None
         self._cache.clear()
         self._cache_bytes = 0
+
+
+def _size_now(path: str) -> int | None:
+    """The file's size in bytes now; None if it is gone."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _bytes(size: int | None) -> str:
+    """``"has N bytes"`` or ``"is gone"``, for the messages."""
+    return "is gone" if size is None else f"has {size} bytes"
+
+
+def _shortfall(claimed: int, decoded: int, size_then: int, size_now: int | None) -> str | None:
+    """The sentence saying why a video reads as fewer frames than it should; None if none.
+
+    ``claimed`` is the container's frame count (0 or less: none stated), ``decoded`` the
+    frames the counting pass decoded, ``size_then``/``size_now`` the file's size in bytes
+    before and after that pass.
+    """
+    if claimed <= 0:
+        said = (f"the container states no frame count (a recording still being written, "
+                f"or cut off before its writer finished); the {decoded} frames that could "
+                f"be decoded are read")
+    elif decoded < claimed:
+        said = (f"the container says {claimed} frames but only {decoded} could be decoded "
+                f"(cut off, or still being written); the {decoded} frames are read")
+    else:
+        said = None
+    if size_now != size_then:
+        changed = (f"the file had {size_then} bytes when it was opened and "
+                   f"{_bytes(size_now)} after its frames were counted (is another program "
+                   f"writing it?)")
+        said = f"{said}; {changed}" if said else f"{changed}; {decoded} frames are read"
+    return said
 
 
 def _fourcc(value: float) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from live_stack.io import SourceError, open_source
+from live_stack.io import SourceError, open_source, salvage_warning
 from live_stack.io.video import VideoSource, looks_mono
 
 H, W = 48, 64
@@ -73,6 +74,7 @@ def test_grey_round_trip_is_mono(tmp_path, make_frames, fourcc, suffix):
         assert info.layout == "mono" and info.metadata["colour"] == "mono"
         assert (info.dtype, info.bit_depth, info.has_timestamps) == (np.uint8, 8, False)
         assert src.timestamps() is None
+        assert "salvaged" not in info.metadata  # intact: its container's count holds
         got = list(src)
     for k, f in enumerate(got):
         assert f.shape == (H, W) and f.dtype == np.uint8
@@ -144,6 +146,85 @@ def test_uncached_video_decodes_again(grey_avi):
         path.unlink()
         with pytest.raises(SourceError, match="cannot open"):
             src[0]  # behind the decoder: needs a re-open
+
+
+def decodable(path: Path) -> int:
+    """Frames OpenCV decodes from the file, counted independently of VideoSource."""
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def noise_frames(count: int) -> np.ndarray:
+    """Random RGB frames: large once compressed, so a writer flushes them soon."""
+    return np.random.default_rng(3).integers(0, 256, (count, H, W, 3), dtype=np.uint8)
+
+
+def test_cut_video_reads_what_decodes_and_says_both_counts(tmp_path):
+    path = tmp_path / "cut.avi"
+    write_video(path, noise_frames(60), "MJPG")
+    os.truncate(path, path.stat().st_size // 2)
+    kept = decodable(path)
+    assert 0 < kept < 60
+    with open_source(path) as src:
+        assert len(src) == src.info.frames == kept
+        assert len(list(src)) == kept
+        note = (f"the container says 60 frames but only {kept} could be decoded (cut off, "
+                f"or still being written); the {kept} frames are read")
+        assert src.info.metadata["salvaged"] == note
+        assert salvage_warning(src) == f"{path}: {note}"
+
+
+def test_video_still_being_written_says_it_has_no_count(tmp_path):
+    path = tmp_path / "growing.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
+    try:
+        for f in noise_frames(400):
+            writer.write(f)
+        assert path.stat().st_size > 0, "the writer flushed nothing yet"
+        kept = decodable(path)
+        with open_source(path) as src:
+            assert len(src) == kept > 0
+            assert salvage_warning(src) == (
+                f"{path}: the container states no frame count (a recording still being "
+                f"written, or cut off before its writer finished); the {kept} frames that "
+                f"could be decoded are read")
+    finally:
+        writer.release()
+    with open_source(path) as src:  # finished: intact
+        assert len(src) == 400 and salvage_warning(src) is None
+
+
+def test_video_cut_after_it_was_opened_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "cut-later.avi"
+    write_video(path, noise_frames(60), "MJPG")
+    size = path.stat().st_size
+    with VideoSource(path, cache_mb=0) as src:
+        assert len(src) == 60 and "salvaged" not in src.info.metadata
+        os.truncate(path, size // 2)
+        with pytest.raises(SourceError) as err:
+            for _ in src:
+                pass
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: frame ")
+    assert " cannot be decoded again: the video ended at frame " in msg
+    assert msg.endswith(f"after 60 frames were decoded when it was opened; the file had "
+                        f"{size} bytes then and has {size // 2} bytes now (truncated or "
+                        f"rewritten by another program?)")
+
+
+def test_cut_mp4_cannot_be_opened_and_says_why(tmp_path):
+    path = tmp_path / "cut.mp4"
+    write_video(path, noise_frames(60), "mp4v")
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(SourceError) as err:
+        open_source(path)
+    assert str(err.value) == (
+        f"{path}: OpenCV cannot open this video (an MP4 or MOV recording that was cut off, "
+        f"or is still being written, lacks the index its writer puts at the end)")
 
 
 def test_indexing_errors(grey_avi):
