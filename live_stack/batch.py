@@ -152,6 +152,9 @@ def _stop_workers(client: Any, cluster: Any) -> None:
     """Kill the worker processes of a local cluster now, tasks and all (closing the
     cluster would wait for the running tasks), and keep their nannies from starting them
     again. A task killed while writing leaves its temporary file, never its output."""
+    # the batch stops on purpose: the cluster's own loggers would report the killed
+    # workers' closed connections as errors, with tracebacks, after the one-line message
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     for nanny in cluster.workers.values():
         nanny.auto_restart = False
     for pid in client.run(os.getpid).values():
