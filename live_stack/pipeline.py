@@ -15,8 +15,9 @@ With ``params.drizzle`` the sums are drizzled onto a finer grid (or the images
 resampled), see :mod:`live_stack.drizzle`.
 
 Each phase is a plain function of the capture and the results before it; this module
-only drives them, times them, and reports progress. The live stacker drives the same
-functions frame by frame.
+only drives them, times them, and reports progress. The selection, the local shifts and
+the sums are the AP-stacking engine's (:class:`live_stack.apstack.APStack`), which the
+live stacker drives frame by frame.
 """
 
 from __future__ import annotations
