@@ -301,6 +301,8 @@ def process(path: str, params: PipelineParams, outputs: list[Path], *, quiet: bo
     summary["input_size"] = [info.width, info.height]
     summary["duration_seconds"] = None if duration is None else round(duration, 3)
     summary["seeing"] = round(seeing_index(result.ranking.quality), 4)
+    if raw.info.metadata.get("left_out"):  # image files of a folder that cannot be read
+        summary["files_left_out"] = raw.info.metadata["left_out"]
     summary["per_ap"] = ap_figures(result, params.drizzle.scale).as_dict()
     meta_common = {
         "software": f"live-stack {__version__}",
@@ -338,6 +340,9 @@ def print_summary(path: str, s: dict) -> None:
           f"{s['aps']} APs ({s['aps_dropped_dim']} dim and {s['aps_dropped_flat']} flat "
           f"dropped), local shifts {s['local_measured']} measured / {s['local_failed']} "
           f"fell back")
+    if s.get("files_left_out"):
+        print(f"  {s['files_left_out']} image file(s) left out: they cannot be read (see "
+              "the warning)")
     print(f"  time: {phase_times}  total {s['total_seconds']:.2f}s")
     for size, out in zip(s["stacks"], s["outputs"], strict=True):
         print(f"  stack {size} ({s['stacks'][size]} frames per AP) -> {out}")

@@ -4,7 +4,9 @@ The frames are the folder's image files (by extension, case-insensitive; hidden 
 and everything else are ignored) in natural order, so ``frame2.png`` comes before
 ``frame10.png``. Opening the folder reads only each file's header, to check that all
 frames have the same size, number of channels and sample type; the pixels are decoded
-when a frame is asked for (:func:`live_stack.io.images.read_native`).
+when a frame is asked for (:func:`live_stack.io.images.read_native`), and, when files
+that cannot be read are to be left out (``skip_unreadable``), once more at opening, so
+that a file whose pixels do not decode is left out too instead of failing a read later.
 """
 
 from __future__ import annotations
@@ -222,9 +224,12 @@ class FolderSource(FrameSource):
         ``BAYERPAT`` card reports that Bayer pattern. ``"mono"`` converts colour to
         luminance; ``"rgb"`` repeats grey into three channels.
     skip_unreadable : bool
-        Leave out the files whose header cannot be read (empty, corrupt, not an image)
-        instead of refusing the folder; ``info.metadata["salvaged"]`` then names them
-        and why. The folder is refused if no file can be read.
+        Leave out the files that cannot be read (empty, not an image, a corrupt header,
+        or an intact header with pixel data that does not decode) instead of refusing
+        the folder: every file is then decoded once when the folder is opened.
+        ``info.metadata["salvaged"]`` names the files left out and why, and
+        ``info.metadata["left_out"]`` counts them. The folder is refused if no file can
+        be read.
 
     Raises
     ------
@@ -275,7 +280,8 @@ class FolderSource(FrameSource):
             layout=layout,
             has_timestamps=False,
             metadata={"format": "folder", "suffixes": suffixes}
-            | ({"salvaged": self._skipped_note(skipped)} if skipped else {}),
+            | ({"salvaged": self._skipped_note(skipped), "left_out": len(skipped)}
+               if skipped else {}),
         )
 
     def _probe_all(self, *, skip_unreadable: bool) -> tuple[list[tuple[str, _Probe]], list[str]]:
@@ -283,7 +289,10 @@ class FolderSource(FrameSource):
         probes, skipped = [], []
         for name in self._files:
             try:
-                probes.append((name, _probe(name)))
+                probe = _probe(name)
+                if skip_unreadable:  # an intact header can hide pixels that do not decode
+                    read_native(name)
+                probes.append((name, probe))
             except SourceError as exc:
                 if not skip_unreadable:
                     raise

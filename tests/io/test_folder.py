@@ -11,7 +11,7 @@ import tifffile
 from astropy.io import fits
 
 from live_stack.io import SourceError, open_source
-from live_stack.io.folder import FolderSource, natural_key
+from live_stack.io.folder import FolderSource, _probe, natural_key
 
 H, W = 20, 28
 
@@ -221,6 +221,35 @@ def test_unreadable_files_left_out_when_salvaging(tmp_path, make_frames):
     assert note.startswith(f"2 of 5 image files cannot be read and are left out "
                            f"({folder / 'a3.png'}: not a PNG file")
     assert f"{folder / 'a5.tif'}: cannot read TIFF" in note
+
+
+def test_files_whose_pixels_do_not_decode_are_left_out_when_salvaging(tmp_path, make_frames):
+    """An intact header over pixel data that does not decode is left out at opening, like
+    an unreadable header, not found later by the frame read that fails."""
+    folder = tmp_path / "pixels"
+    frames = make_frames(5, H, W)
+    make_folder(folder, frames, ["a1.png", "a2.png", "a3.png", "a4.tif", "a5.png"])
+    cut = (folder / "a2.png").read_bytes()
+    (folder / "a2.png").write_bytes(cut[: len(cut) // 2])  # IHDR intact, IDAT cut
+    assert cv2.imwrite(str(folder / "a4.tif"), frames[3])  # LZW, the header at the end
+    tif = bytearray((folder / "a4.tif").read_bytes())
+    strip = len(tif) * 6 // 10
+    tif[strip : strip + 64] = bytes(64)  # a run of the compressed pixels zeroed
+    (folder / "a4.tif").write_bytes(bytes(tif))
+    for name in ("a2.png", "a4.tif"):
+        _probe(str(folder / name))  # the headers still read
+    with open_source(folder, salvage=True) as src:
+        assert src.files == [str(folder / n) for n in ("a1.png", "a3.png", "a5.png")]
+        np.testing.assert_array_equal(np.stack(list(src)), frames[[0, 2, 4]])
+        meta = src.info.metadata
+    assert meta["left_out"] == 2
+    assert meta["salvaged"].startswith(
+        f"2 of 5 image files cannot be read and are left out ({folder / 'a2.png'}: OpenCV "
+        f"cannot decode this image (corrupt or not an image); {folder / 'a4.tif'}: cannot "
+        f"read TIFF")
+    with open_source(folder) as src:  # not salvaging: found when the frame is read
+        with pytest.raises(SourceError, match="a2.png: OpenCV cannot decode"):
+            list(src)
 
 
 def test_no_readable_file_refused_even_when_salvaging(tmp_path):
