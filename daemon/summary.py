@@ -93,9 +93,12 @@ def status_text(st: dict[str, Any], *, now: float | None = None) -> str:
         failed = f", STOPPED: {rec['failed']}" if rec.get("failed") else ""
         lines.append(f"recording: {rec.get('path')} ({rec.get('frames', 0)} frames{failed})")
     for name, src in sorted(st.get("sources", {}).items()):
+        skipped = src.get("skipped_files")
+        unread = (f", {skipped} files SKIPPED (unreadable: the source's log says why)"
+                  if skipped else "")
         lines.append(f"source:    {name}: {src.get('frames', 0)} frames "
                      f"{src.get('width')}x{src.get('height')} {src.get('dtype')} "
-                     f"{src.get('layout')}, {src.get('gaps', 0)} missed")
+                     f"{src.get('layout')}, {src.get('gaps', 0)} missed{unread}")
     ep = st.get("endpoints", {})
     if ep:
         lines.append(f"endpoints: ingest {ep.get('ingest')}, publish {ep.get('publish')}, "

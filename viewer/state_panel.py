@@ -125,7 +125,8 @@ def format_disk(output: Any, recording: Any) -> str:
 
 
 def format_sources(sources: Any, now: Any) -> str:
-    """One line per sender: size and format, frames, gaps, age of its last frame."""
+    """One line per sender: size and format, frames, gaps, files it could not read (a
+    folder source's ``skipped_files``), age of its last frame."""
     if not isinstance(sources, Mapping):
         return MISSING
     if not sources:
@@ -141,6 +142,9 @@ def format_sources(sources: Any, now: Any) -> str:
         gaps = _number(s.get("gaps"))
         if gaps:
             text += f", {int(gaps)} missing"
+        skipped = _number(s.get("skipped_files"))
+        if skipped:  # files a folder source could not read (its log says why)
+            text += f", {int(skipped)} files skipped (unreadable)"
         last, t = _number(s.get("last_time")), _number(now)
         if last is not None and t is not None:
             text += f", last {format_seconds(max(0.0, t - last))} ago"

@@ -87,5 +87,13 @@ def test_status_text_of_a_fresh_daemon_and_of_faults() -> None:
     assert lines[1] == "! nothing to stack: why"
     assert "stack:     none yet" in lines and "saved:     nothing yet (into /o)" in lines
     assert "recording: /o/raw.ser (5 frames, STOPPED: disk full)" in lines
+    sources = {"dir": {"frames": 3, "width": 64, "height": 48, "dtype": "uint8",
+                       "layout": "mono", "gaps": 0, "skipped_files": 2},
+               "cam": {"frames": 9, "width": 64, "height": 48, "dtype": "uint8",
+                       "layout": "mono", "gaps": 1, "skipped_files": 0}}
+    lines = status_text({**st, "sources": sources}, now=0.0).splitlines()
+    assert "source:    cam: 9 frames 64x48 uint8 mono, 1 missed" in lines
+    assert ("source:    dir: 3 frames 64x48 uint8 mono, 0 missed, 2 files SKIPPED "
+            "(unreadable: the source's log says why)") in lines
     assert reply_text("reset", {"saved": None, "segment": 3}) == "nothing to save; now stack 3"
     assert reply_text("pause", {"state": "paused"}) == "state: paused"

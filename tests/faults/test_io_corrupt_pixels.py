@@ -6,7 +6,8 @@ data ends early; a damaged card leaves a TIFF whose compressed strips do not dec
 stopped the whole run with an error (rc 1, nothing written), while a file with an
 unreadable header was left out with a warning. Now both are left out the same way:
 warned about once, naming each file, counted in the summary. The folder source skips
-such a file, counts it in the daemon's status and goes on.
+such a file, counts it in the daemon's status (and in ``ctl status``'s readable
+summary) and goes on.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def test_reprocess_dir_leaves_out_images_whose_pixels_do_not_decode(
 
 
 def test_folder_source_skips_images_whose_pixels_do_not_decode_and_goes_on(
-    start_source: Callable[..., Any], live_daemon: Any, frames: list[np.ndarray],
-    watched: Path, tmp_path: Path,
+    start_source: Callable[..., Any], run_live_stack: Callable[..., Any], live_daemon: Any,
+    frames: list[np.ndarray], watched: Path, tmp_path: Path,
 ) -> None:
     p = start_source("folder", watched, "--settle", SETTLE, "--state",
                      str(tmp_path / "state.json"), "--source-id", "folder-pixels")
@@ -106,5 +107,9 @@ def test_folder_source_skips_images_whose_pixels_do_not_decode_and_goes_on(
     p.wait_line("sent c.png")  # still running
     live_daemon.wait_status(lambda s: s["frames"]["received"] == 1, "c.png received")
     assert live_daemon.source("folder-pixels")["skipped_files"] == 2
+    ctl = run_live_stack("ctl", "--control", live_daemon.control, "status")
+    assert ctl.finish() == 0, ctl.stderr
+    assert ("source:    folder-pixels: 1 frames 160x120 uint8 mono, 0 missed, 2 files SKIPPED "
+            "(unreadable: the source's log says why)") in ctl.stdout.splitlines()
     assert p.stop() == 0, p.stderr
     assert "stopped: 1 frames of 1 files sent, 2 files skipped" in p.stderr

@@ -374,3 +374,52 @@ def test_stack_history_is_listed_and_a_saved_stack_reopened(qtbot, daemon, open_
     window.send_request({"cmd": "load", "file": "../../etc/passwd"})
     qtbot.waitUntil(lambda: "is not in the stack history" in history.info_label.text(),
                     timeout=WAIT_MS)
+
+
+def test_files_a_folder_source_skipped_are_shown_per_source(qtbot, daemon, open_window,
+                                                          capture, tmp_path):
+    """A real folder source beside the replay: its unreadable files show in its line."""
+    import cv2
+
+    from daemon.sources.folder import FolderParams, watch_folder
+    from live_stack.io import open_source
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    (watched / "a.png").write_bytes(b"")  # a camera driver's empty file
+    (watched / "b.png").write_bytes(b"")
+    with open_source(capture) as src:
+        assert cv2.imwrite(str(watched / "c.png"), np.array(src[0]))  # sent after a and b
+    stop = threading.Event()
+    watchers = []
+
+    def run() -> None:
+        params = FolderParams(watched, settle=0.1, state_file=tmp_path / "state.json")
+        with FramePusher(daemon.endpoints.ingest, source="test-folder", stop=stop) as pusher:
+            watch_folder(params, pusher, stop, watcher_ready=watchers.append)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        window = open_window(daemon.link_params)
+        qtbot.waitUntil(lambda: "test-folder" in label(window, "sources"), timeout=WAIT_MS)
+        line = next(ln for ln in label(window, "sources").splitlines()
+                    if ln.startswith("test-folder"))
+        assert line.startswith(f"test-folder: {CAPTURE['width']}x{CAPTURE['height']} uint8 "
+                               "mono, 1 frames, 2 files skipped (unreadable)")
+        replay_line = next(ln for ln in label(window, "sources").splitlines()
+                           if ln.startswith(SOURCE))
+        assert "skipped" not in replay_line
+        # rendered: the label is on screen and its pixels carry the text
+        lbl = window.state_panel.labels["sources"]
+        assert lbl.isVisible() and lbl.width() > 0
+        shot = lbl.grab().toImage()
+        colours = {shot.pixel(x, y) for x in range(0, shot.width(), 2)
+                   for y in range(0, shot.height(), 2)}
+        assert len(colours) > 2  # glyphs drawn, not an empty label
+    finally:
+        stop.set()
+        for w in watchers:
+            w.wake()
+        thread.join(WAIT_MS / 1000)
+    assert not thread.is_alive()

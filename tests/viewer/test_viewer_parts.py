@@ -266,6 +266,11 @@ def test_format_counts_and_sources():
     assert format_counts({"a": 2, "b": 5}) == "7 (b 5, a 2)"
     assert format_sources({}, 0) == "no frames received yet"
     assert format_sources(None, 0) == MISSING
+    folder = {"frames": 3, "width": 64, "height": 48, "dtype": "uint8", "layout": "mono",
+              "skipped_files": 2, "last_time": 9.0}
+    assert format_sources({"dir": folder}, 10.0) == \
+        "dir: 64x48 uint8 mono, 3 frames, 2 files skipped (unreadable), last 1.00 s ago"
+    assert "skipped" not in format_sources({"dir": {**folder, "skipped_files": 0}}, 10.0)
 
 
 # --- quality ----------------------------------------------------------------------------
