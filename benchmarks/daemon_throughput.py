@@ -89,8 +89,8 @@ class TransportOnly:
     def reset(self) -> None:
         self._last = None
 
-    def set_param(self, name: str, value: object) -> None:
-        raise ValueError(f"unknown parameter {name!r}")
+    def set_params(self, values: dict) -> None:
+        raise ValueError(f"unknown parameter {next(iter(values))!r}")
 
 
 class _Admitted:

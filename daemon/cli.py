@@ -267,7 +267,8 @@ def ctl_parser() -> argparse.ArgumentParser:
     commands = sorted(c for c in CONTROL_FIELDS if c not in ("camera_hello", "camera_result"))
     p.add_argument("command", choices=commands, help="the command")
     p.add_argument("args", nargs="*",
-                   help="for set: NAME VALUE (VALUE is JSON or text); for camera: SETTING "
+                   help="for set: NAME VALUE, or several pairs set together (all or none; VALUE "
+                        "is JSON or text); for camera: SETTING "
                         "VALUE (exposure S, gain G, binning N, roi '[X, Y, W, H]'); for "
                         "load: FILE (as history lists it)")
     add_client_arguments(p)
@@ -282,14 +283,22 @@ def ctl_main(argv: Sequence[str]) -> int:
 
     args = ctl_parser().parse_args(list(argv))
     fields: dict[str, Any] = {}
-    if args.command == "set":
-        if len(args.args) != 2:
-            return _error("ctl", "set takes NAME VALUE")
-        name, value = args.args[0], _parse_value(args.args[1])
+    command = args.command
+    if command == "set":
+        if not args.args or len(args.args) % 2:
+            return _error("ctl", "set takes NAME VALUE [NAME VALUE ...]")
+        pairs = dict(zip(args.args[::2], map(_parse_value, args.args[1::2]), strict=True))
+        if len(pairs) * 2 != len(args.args):
+            return _error("ctl", "set names a parameter twice")
         try:  # what the daemon would refuse (some, like huge numbers, cannot even be sent)
-            fields = {"name": name, "value": check_live_value(name, value)}
+            checked = {name: check_live_value(name, value) for name, value in pairs.items()}
         except ValueError as exc:
             return _error("ctl", f"set: {exc}")
+        if len(checked) == 1:
+            (name, value), = checked.items()
+            fields = {"name": name, "value": value}
+        else:  # several at once: validated together, all or none
+            command, fields = "set_params", {"params": checked}
     elif args.command == "camera":
         if len(args.args) != 2:
             return _error("ctl", "camera takes SETTING VALUE")
@@ -302,7 +311,7 @@ def ctl_main(argv: Sequence[str]) -> int:
         return _error("ctl", f"{args.command} takes no arguments, got {args.args}")
     try:
         curve = client_curve_from_args(args)
-        reply = control_request(args.control, args.command, timeout=args.timeout, curve=curve,
+        reply = control_request(args.control, command, timeout=args.timeout, curve=curve,
                                 **fields)
     except NoAnswer as exc:
         return _error("ctl", exc, EXIT_NO_ANSWER)
@@ -316,10 +325,10 @@ def ctl_main(argv: Sequence[str]) -> int:
     if args.json:  # (a load's pixels are bytes: named by their length)
         _print(json.dumps(reply, indent=2, sort_keys=True,
                           default=lambda b: f"<{len(b)} bytes>"))
-    elif args.command == "status":
+    elif command == "status":
         _print(status_text(reply["result"]))
     else:
-        _print(reply_text(args.command, reply["result"]))
+        _print(reply_text(command, reply["result"]))
     return EXIT_OK
 
 

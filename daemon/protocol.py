@@ -236,6 +236,7 @@ CONTROL_FIELDS: dict[str, tuple[str, ...]] = {
     "status": (),
     "reset": (),
     "set": ("name", "value"),
+    "set_params": ("params",),  # several at once, validated together
     "save": (),
     "pause": (),
     "resume": (),
@@ -297,16 +298,28 @@ def check_request(request: Any) -> dict[str, Any]:
                 or not isinstance(request["result"], dict):
             raise ProtocolError("camera_result needs an integer 'id' and a map 'result'")
     if cmd == "set":
-        name, value = request["name"], request["value"]
-        if not isinstance(name, str) or not name:
-            raise ProtocolError(f"request field 'name' must be a non-empty string, got {name!r}")
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, _PARAM_VALUE_TYPES) for v in values):
-            raise ProtocolError(
-                f"request field 'value' must be a boolean, number or string (or a list of "
-                f"them), got {value!r}"
-            )
+        _check_param(request["name"], request["value"])
+    elif cmd == "set_params":
+        params = request["params"]
+        if not isinstance(params, dict) or not params:
+            raise ProtocolError(f"request field 'params' must be a non-empty map of names to "
+                                f"values, got {params!r}")
+        for name, value in params.items():
+            _check_param(name, value)
     return request
+
+
+def _check_param(name: Any, value: Any) -> None:
+    """Raise :class:`ProtocolError` unless ``name`` is a non-empty string and ``value`` a
+    boolean, number or string (or a list of them)."""
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"request field 'name' must be a non-empty string, got {name!r}")
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, _PARAM_VALUE_TYPES) for v in values):
+        raise ProtocolError(
+            f"request field 'value' must be a boolean, number or string (or a list of "
+            f"them), got {value!r}"
+        )
 
 
 def _check_camera_settings(settings: Any) -> None:

@@ -35,7 +35,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +173,8 @@ class Stacker(Protocol):
 
     def reset(self) -> None: ...
 
-    def set_param(self, name: str, value: Any) -> Any: ...  # ValueError naming it if bad
+    # several at once, all or none; ValueError naming the bad one
+    def set_params(self, values: Mapping[str, Any]) -> Any: ...
 
     def close(self) -> None: ...  # end the stacker's worker threads
 
@@ -1031,6 +1032,8 @@ class StackingService:
             return self.reset()
         if cmd == "set":
             return self.set_param(request["name"], request["value"])
+        if cmd == "set_params":
+            return self.set_params(request["params"])
         if cmd == "save":
             try:
                 path = self.save()
@@ -1080,12 +1083,26 @@ class StackingService:
         An accepted change makes a new stack: the snapshot thread blends the stack again
         from the frames in the buffer (no new frame needed, e.g. after the source stopped).
         """
-        check_live_value(name, value)
+        new = self.set_params({name: value})["params"][name]
+        return {"name": name, "value": new}
+
+    def set_params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Change several live parameters at once, validated together; return their new
+        values as ``{"params": {name: value}}``.
+
+        Values that only fit together (``warmup=300`` with ``buffer_size=400``) are
+        accepted in any order; a bad one among them changes nothing. An accepted change
+        makes a new stack: the snapshot thread blends the stack again from the buffer.
+        """
+        if not values:
+            raise ValueError("set_params needs at least one parameter")
+        checked = {name: check_live_value(name, value) for name, value in values.items()}
         with self._stacker_lock:
-            self._stacker.set_param(name, value)
-            new = param_value(self._stacker.params, name, value)
+            self._stacker.set_params(checked)
+            new = {name: plain(param_value(self._stacker.params, name, value))
+                   for name, value in checked.items()}
             self._version += 1
-        return {"name": name, "value": plain(new)}
+        return {"params": new}
 
     def set_paused(self, paused: bool) -> dict[str, Any]:
         """Pause (frames received are dropped as ``paused``) or resume stacking."""

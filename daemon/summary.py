@@ -110,6 +110,8 @@ def reply_text(cmd: str, result: Any) -> str:
     """The result of a control command other than ``status``, as one line."""
     if cmd == "set" and isinstance(result, dict):
         return f"{result.get('name')} = {result.get('value')!r}"
+    if cmd == "set_params" and isinstance(result, dict):
+        return ", ".join(f"{k} = {v!r}" for k, v in (result.get("params") or {}).items())
     if cmd == "save" and isinstance(result, dict):
         return f"saved {result.get('path')}"
     if cmd == "reset" and isinstance(result, dict):

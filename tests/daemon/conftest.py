@@ -114,12 +114,14 @@ class SocketMechanicsStandIn:
     def reset(self) -> None:
         self.shape, self.sum, self.n = None, None, 0
 
-    def set_param(self, name: str, value: Any) -> None:
-        if name not in ("gain",):
-            raise ValueError(f"unknown parameter {name!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"gain must be a number > 0, got {value!r}")
-        self.params = dataclasses.replace(self.params, gain=float(value))
+    def set_params(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():  # all checked before any is applied
+            if name not in ("gain",):
+                raise ValueError(f"unknown parameter {name!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"gain must be a number > 0, got {value!r}")
+        for value in values.values():
+            self.params = dataclasses.replace(self.params, gain=float(value))
 
 
 def config_for(tmp_path: Path, **sections: dict[str, Any]) -> Any:

@@ -97,3 +97,28 @@ def test_status_text_of_a_fresh_daemon_and_of_faults() -> None:
             "(unreadable: the source's log says why)") in lines
     assert reply_text("reset", {"saved": None, "segment": 3}) == "nothing to save; now stack 3"
     assert reply_text("pause", {"state": "paused"}) == "state: paused"
+
+
+def test_ctl_sets_several_parameters_together(
+        make_service: Callable[..., StackingService]) -> None:
+    """``ctl set A 1 B 2`` is validated as a whole (issue 14): ``warmup 300`` needs the
+    ``buffer_size 400`` given after it, and a bad value among good ones changes nothing."""
+    from live_stack.live import LiveParams, LiveStacker
+
+    svc = make_service(LiveStacker(LiveParams()))
+    ctl = svc.endpoints.control
+    alone = _ctl("--control", ctl, "set", "warmup", "300")  # above the buffer of 200
+    assert alone.returncode == 1 and "warmup" in alone.stderr, alone
+    r = _ctl("--control", ctl, "set", "warmup", "300", "buffer_size", "400")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "warmup = 300, buffer_size = 400"
+    assert (svc.status()["params"]["warmup"], svc.status()["params"]["buffer_size"]) == (300, 400)
+    for args, why in ((["buffer_size", "500", "stack_size", "0%"], "stack size"),
+                      (["buffer_size", "500", "warmup", "nan"], "warmup")):
+        r = _ctl("--control", ctl, "set", *args)  # refused by the daemon
+        assert r.returncode == 1 and why in r.stderr, (args, r.stderr)
+        assert svc.status()["params"]["buffer_size"] == 400  # nothing of the set applied
+    for args, why in ((["buffer_size"], "NAME VALUE"),
+                      (["warmup", "50", "warmup", "60"], "twice")):
+        r = _ctl("--control", ctl, "set", *args)  # refused before sending: a usage error
+        assert r.returncode == 2 and why in r.stderr, (args, r.stderr)

@@ -364,5 +364,5 @@ def test_the_service_takes_only_a_whole_stacker(tmp_path: Path) -> None:
             return None
 
     config = cfg.build_config({"output": {"directory": str(tmp_path / "out")}})
-    with pytest.raises(TypeError, match=r"add_batch, catch_up, snapshot, reset, set_param, close"):
+    with pytest.raises(TypeError, match=r"add_batch, catch_up, snapshot, reset, set_params, close"):
         StackingService(config, Partial())
