@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import scipy.fft as sfft
@@ -204,3 +205,21 @@ def poor_light_capture(tmp_path_factory: pytest.TempPathFactory):
     params = TurbulenceParams(d_over_r0=7.0, electrons=500.0)
     return simulate_capture("mare", frames=120, out_dir=tmp_path_factory.mktemp("poor"),
                             seed=3, width=192, height=192, seeing=params)
+
+
+@pytest.fixture(scope="session")
+def decodable_frames() -> Callable[[Path], int]:
+    """``decodable_frames(path)``: how many frames OpenCV decodes from a video file, read
+    to its end here, independently of live-stack's video reader."""
+
+    def count(path: Path) -> int:
+        cap = cv2.VideoCapture(str(path))
+        try:
+            n = 0
+            while cap.read()[0]:
+                n += 1
+            return n
+        finally:
+            cap.release()
+
+    return count

@@ -42,16 +42,6 @@ def _writer(path: Path, frame: np.ndarray) -> cv2.VideoWriter:
     return writer
 
 
-def _decodable(path: Path) -> int:
-    """Frames OpenCV decodes from the file, counted here independently of live-stack."""
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
 def _reprocess(run_live_stack: Callable[..., Any], path: Path, out: Path) -> Any:
     p = run_live_stack("reprocess", str(path), "-o", str(out), "-q")
     assert p.finish(180) == 0, p.stderr
@@ -65,6 +55,7 @@ def _warnings(stderr: str) -> list[str]:
 
 def test_reprocess_of_a_cut_video_stacks_what_decodes_and_reports_both_counts(
     run_live_stack: Callable[..., Any], moon_frames: list[np.ndarray], tmp_path: Path,
+    decodable_frames: Callable[[Path], int],
 ) -> None:
     path = tmp_path / "cut.avi"
     writer = _writer(path, moon_frames[0])
@@ -72,7 +63,7 @@ def test_reprocess_of_a_cut_video_stacks_what_decodes_and_reports_both_counts(
         writer.write(moon_frames[k % len(moon_frames)])
     writer.release()
     os.truncate(path, path.stat().st_size * 6 // 10)  # the capture program crashed
-    kept = _decodable(path)
+    kept = decodable_frames(path)
     assert 0 < kept < FRAMES
     out = tmp_path / "stack.tif"
     p = _reprocess(run_live_stack, path, out)
@@ -99,8 +90,9 @@ def growing_video(moon_frames: list[np.ndarray], tmp_path: Path) -> Iterator[Pat
 
 def test_reprocess_of_a_video_still_being_written_says_it_has_no_frame_count(
     run_live_stack: Callable[..., Any], growing_video: Path, tmp_path: Path,
+    decodable_frames: Callable[[Path], int],
 ) -> None:
-    kept = _decodable(growing_video)
+    kept = decodable_frames(growing_video)
     assert 0 < kept < FRAMES
     out = tmp_path / "stack.tif"
     p = _reprocess(run_live_stack, growing_video, out)

@@ -148,26 +148,16 @@ def test_uncached_video_decodes_again(grey_avi):
             src[0]  # behind the decoder: needs a re-open
 
 
-def decodable(path: Path) -> int:
-    """Frames OpenCV decodes from the file, counted independently of VideoSource."""
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
 def noise_frames(count: int) -> np.ndarray:
     """Random RGB frames: large once compressed, so a writer flushes them soon."""
     return np.random.default_rng(3).integers(0, 256, (count, H, W, 3), dtype=np.uint8)
 
 
-def test_cut_video_reads_what_decodes_and_says_both_counts(tmp_path):
+def test_cut_video_reads_what_decodes_and_says_both_counts(tmp_path, decodable_frames):
     path = tmp_path / "cut.avi"
     write_video(path, noise_frames(60), "MJPG")
     os.truncate(path, path.stat().st_size // 2)
-    kept = decodable(path)
+    kept = decodable_frames(path)
     assert 0 < kept < 60
     with open_source(path) as src:
         assert len(src) == src.info.frames == kept
@@ -178,14 +168,14 @@ def test_cut_video_reads_what_decodes_and_says_both_counts(tmp_path):
         assert salvage_warning(src) == f"{path}: {note}"
 
 
-def test_video_still_being_written_says_it_has_no_count(tmp_path):
+def test_video_still_being_written_says_it_has_no_count(tmp_path, decodable_frames):
     path = tmp_path / "growing.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
     try:
         for f in noise_frames(400):
             writer.write(f)
         assert path.stat().st_size > 0, "the writer flushed nothing yet"
-        kept = decodable(path)
+        kept = decodable_frames(path)
         with open_source(path) as src:
             assert len(src) == kept > 0
             assert salvage_warning(src) == (
