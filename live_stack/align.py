@@ -16,8 +16,18 @@ Two modes, chosen automatically from the target image by default:
     ignored); the refinement correlates a patch around the disk, which stays right when
     the disk touches the frame edge and the centre of gravity does not.
 
-A frame whose correlation peak is too weak (clouds, a frame off target) is marked failed
-and is left out of everything downstream.
+Each estimate carries its correlation peak in standard deviations of the noise
+(:attr:`~live_stack.correlate.Shifts.snr`). The refinement is kept only where its peak
+stands clearly above noise (``refine_snr``; a whitened full-resolution patch of pure
+noise reaches about 7, the window making the tail heavier than a Gaussian's) and it
+locates the frame more precisely than the coarse field (its peak is ``coarse_downsample``
+times narrower, so its signal-to-noise may be that many times lower): on a faint, blurred
+surface (a low-contrast mare at a few hundred electrons) the full-resolution patch holds
+little but photon noise and its peak lands anywhere, while the downsampled field still
+locates the frame to about a pixel; the coarse estimate then stands. A frame whose
+deciding peak (the coarse field's in surface mode, the disk patch's in planet mode) is not
+clearly above noise (clouds, a frame off target) is marked failed and is left out of
+everything downstream.
 """
 
 from __future__ import annotations
@@ -45,8 +55,8 @@ SKY_LEVEL = 0.12
 #: :func:`disk_centroid` looks for the disk on every this-many-th pixel first.
 DISK_SEARCH_STEP = 4
 
-#: A frame aligns "too weakly" below this share of the typical (median) strength of the
-#: frames around it (see :func:`accepts`).
+#: A frame aligns "too weakly" below this share of the typical (median) peak
+#: signal-to-noise of the frames around it (see :func:`accepts`).
 WEAK_SHARE = 0.4
 
 
@@ -58,7 +68,9 @@ class AlignParams:
     patch: int = 128  # side in pixels of the full-resolution patch used for refinement
     coarse_downsample: int = 4  # downsampling of the coarse whole-field search
     iterations: int = 1  # refinement passes on the full-resolution patch
-    min_strength: float = 0.12  # correlation peak (0..1) under which a frame is rejected
+    min_strength: float = 0.0  # correlation peak (0..1) under which a frame is rejected
+    min_snr: float = 6.0  # deciding peak, in noise standard deviations, under which one is rejected
+    refine_snr: float = 12.0  # refinement peak (noise std) under which the coarse estimate stands
     peak_sigma: float = 1.2  # width in pixels of the low-passed correlation peak
 
     def __post_init__(self) -> None:
@@ -72,6 +84,10 @@ class AlignParams:
             raise ValueError(f"align_iterations must be 1..5, got {self.iterations}")
         if not 0.0 <= self.min_strength < 1.0:
             raise ValueError(f"align_min_strength must be in [0, 1), got {self.min_strength}")
+        if not 0.0 <= self.min_snr <= 100.0:
+            raise ValueError(f"align_min_snr must be in [0, 100], got {self.min_snr}")
+        if not 0.0 <= self.refine_snr <= 100.0:
+            raise ValueError(f"align_refine_snr must be in [0, 100], got {self.refine_snr}")
         if not 0.3 <= self.peak_sigma <= 5.0:
             raise ValueError(f"align_peak_sigma must be 0.3..5, got {self.peak_sigma}")
 
@@ -260,7 +276,8 @@ def _coarse_field(lum: np.ndarray, d: int, y0: int, x0: int, side: int) -> np.nd
     return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def measure_shift(frame: np.ndarray, target: GlobalTarget) -> tuple[float, float, float]:
+def measure_shift(frame: np.ndarray,
+                  target: GlobalTarget) -> tuple[float, float, float, float]:
     """Measure one frame's translation against the target.
 
     Parameters
@@ -273,17 +290,24 @@ def measure_shift(frame: np.ndarray, target: GlobalTarget) -> tuple[float, float
     Returns
     -------
     tuple
-        ``(dy, dx, strength)``: the frame shows the target displaced by ``(dy, dx)``;
-        ``strength`` is the final correlation peak (0..1).
+        ``(dy, dx, strength, snr)``: the frame shows the target displaced by ``(dy, dx)``;
+        ``strength`` is the kept estimate's correlation peak (0..1), ``snr`` the deciding
+        peak in noise standard deviations (see :func:`measure_shifts`).
     """
     out = measure_shifts([frame], target)
-    return float(out[0, 0]), float(out[0, 1]), float(out[0, 2])
+    return float(out[0, 0]), float(out[0, 1]), float(out[0, 2]), float(out[0, 3])
 
 
 def measure_shifts(frames: Sequence[np.ndarray], target: GlobalTarget) -> np.ndarray:
     """Measure the translation of a batch of frames against the target.
 
-    Batching amortises the per-call cost of the FFTs over the frames.
+    Batching amortises the per-call cost of the FFTs over the frames. In surface mode
+    the refinement on the full-resolution patch replaces the coarse estimate only where
+    its peak reaches ``refine_snr`` noise standard deviations and ``coarse_downsample``
+    times its signal-to-noise reaches the coarse field's (the module docstring), and the
+    deciding peak is the coarse field's: the whole central field, measured the same way
+    on every frame.
+    In planet mode it is the refinement's (the disk's centre of gravity has none).
 
     Parameters
     ----------
@@ -295,7 +319,8 @@ def measure_shifts(frames: Sequence[np.ndarray], target: GlobalTarget) -> np.nda
     Returns
     -------
     numpy.ndarray
-        float64 ``(k, 3)``: ``(dy, dx, strength)`` per frame, as in :func:`measure_shift`.
+        float64 ``(k, 4)``: ``(dy, dx, strength, snr)`` per frame, as in
+        :func:`measure_shift`; all zero where planet mode finds no disk.
     """
     lums = [_analysis_luminance(f) for f in frames]
     for lum in lums:
@@ -304,7 +329,8 @@ def measure_shifts(frames: Sequence[np.ndarray], target: GlobalTarget) -> np.nda
                              f"{target.shape[1]}x{target.shape[0]}")
     k = len(lums)
     p = target.params
-    out = np.zeros((k, 3))
+    out = np.zeros((k, 4))
+    coarse_snr = None
     if target.mode == "planet":
         for j, lum in enumerate(lums):
             found = disk_centroid(lum)
@@ -319,21 +345,33 @@ def measure_shifts(frames: Sequence[np.ndarray], target: GlobalTarget) -> np.nda
         r = correlate(small, target.coarse, index=np.zeros(k, dtype=np.intp))
         out[:, 0] = r.dy * p.coarse_downsample
         out[:, 1] = r.dx * p.coarse_downsample
+        out[:, 2] = r.strength
+        out[:, 3] = coarse_snr = r.snr
     side = target.fine.size
     good = np.flatnonzero(np.isfinite(out[:, 0]))
     zero = np.zeros(len(good), dtype=np.intp)
     for _ in range(p.iterations):
+        if not len(good):
+            break
         patches = np.stack([
             cv2.getRectSubPix(lums[j], (side, side),
                               (target.centre[1] + out[j, 1], target.centre[0] + out[j, 0]),
                               patchType=cv2.CV_32F)
-            for j in good]) if len(good) else np.zeros((0, side, side), np.float32)
-        if not len(good):
-            break
+            for j in good])
         r = correlate(patches, target.fine, index=zero)
-        out[good, 0] += r.dy
-        out[good, 1] += r.dx
-        out[good, 2] = r.strength
+        keep = np.ones(len(good), bool)
+        if coarse_snr is not None:
+            # its peak is clearly above noise, and it locates the frame more precisely
+            # than the coarse field (a peak ``coarse_downsample`` times narrower)
+            keep = (r.snr >= p.refine_snr) & (r.snr * p.coarse_downsample >= coarse_snr[good])
+        at = good[keep]
+        out[at, 0] += r.dy[keep]
+        out[at, 1] += r.dx[keep]
+        out[at, 2] = r.strength[keep]
+        if coarse_snr is None:
+            out[at, 3] = r.snr[keep]
+        good = at
+        zero = zero[: len(good)]
     out[~np.isfinite(out[:, 0])] = 0.0
     return out
 
@@ -347,7 +385,7 @@ class GlobalAlignment:
     shifts : numpy.ndarray
         float64 ``(n, 2)`` ``(dy, dx)`` of each frame against the target frame.
     strength : numpy.ndarray
-        float64 ``(n,)`` final correlation peak of each frame.
+        float64 ``(n,)`` correlation peak (0..1) of each frame's kept estimate.
     ok : numpy.ndarray
         bool ``(n,)``: aligned well enough to be used.
     target_index : int
@@ -356,6 +394,9 @@ class GlobalAlignment:
         The mode used (``"surface"`` or ``"planet"``).
     shape : tuple
         ``(H, W)`` of the frames.
+    snr : numpy.ndarray or None
+        float64 ``(n,)`` each frame's deciding peak in noise standard deviations
+        (:func:`measure_shifts`).
     """
 
     shifts: np.ndarray
@@ -364,6 +405,7 @@ class GlobalAlignment:
     target_index: int
     mode: str
     shape: tuple[int, int]
+    snr: np.ndarray | None = None
 
     @property
     def failed(self) -> int:
@@ -405,34 +447,39 @@ def align(
     target = make_global_target(frames[best], params)
     shifts = np.zeros((n, 2))
     strength = np.zeros(n)
+    snr = np.zeros(n)
 
     def work(batch: tuple[int, list[np.ndarray]]) -> None:
         start, chunk = batch
         res = measure_shifts(chunk, target)
         shifts[start : start + len(chunk)] = res[:, :2]
         strength[start : start + len(chunk)] = res[:, 2]
+        snr[start : start + len(chunk)] = res[:, 3]
 
     run_in_order(work, _batches(frames, BATCH), threads=threads,
                  progress=None if progress is None else
                  (lambda done, total: progress(min(n, done * BATCH), n)),
                  total=(n + BATCH - 1) // BATCH)
-    ok = accepts(strength, params)
+    ok = accepts(strength, snr, params, float(np.median(snr)))
     ok[best] = True
     return GlobalAlignment(shifts=shifts, strength=strength, ok=ok, target_index=best,
-                           mode=target.mode, shape=target.shape)
+                           mode=target.mode, shape=target.shape, snr=snr)
 
 
-def accepts(strength: np.ndarray | float, params: AlignParams,
+def accepts(strength: np.ndarray | float, snr: np.ndarray | float, params: AlignParams,
             typical: float | None = None) -> np.ndarray:
     """The one test of whether frames aligned well enough to be used, for both drivers.
 
-    A frame is used when its correlation peak reaches ``params.min_strength`` and, where
-    the ``typical`` (median) strength of the frames around it is known, reaches
-    :data:`WEAK_SHARE` of it as well (a frame off target, or through cloud).
+    A frame is used when its deciding peak stands ``params.min_snr`` noise standard
+    deviations above a pure-noise correlation (:func:`measure_shifts`), its kept peak
+    reaches ``params.min_strength``, and, where the ``typical`` (median) signal-to-noise
+    of the frames around it is known, its own reaches :data:`WEAK_SHARE` of it as well
+    (a frame off target, or through cloud).
     """
-    ok = np.asarray(strength) >= params.min_strength
+    snr = np.asarray(snr)
+    ok = (snr >= params.min_snr) & (np.asarray(strength) >= params.min_strength)
     if typical is not None:
-        ok &= np.asarray(strength) >= WEAK_SHARE * typical
+        ok &= snr >= WEAK_SHARE * typical
     return ok
 
 

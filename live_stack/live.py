@@ -66,7 +66,7 @@ R = TypeVar("R")
 
 #: Reasons an arriving frame is not admitted.
 DROP_REASONS = ("alignment", "quality")
-#: Recent admitted frames looked at for drift and alignment strength.
+#: Recent admitted frames looked at for drift and alignment signal-to-noise.
 RECENT = 16
 #: The live reference rule's default: 16 frames averaged into the reference and the
 #: background (a snapshot makes them again, so their work stays bounded).
@@ -245,7 +245,7 @@ class LiveStacker:
         self._state: APStack | None = None  # serves snapshots
         self._next: APStack | None = None  # being built after a grid change
         self._warm: list[tuple[np.ndarray, float, np.ndarray, float]] = []
-        self._recent: deque[tuple[int, float]] = deque(maxlen=RECENT)  # (slot, strength)
+        self._recent: deque[tuple[int, float]] = deque(maxlen=RECENT)  # (slot, snr)
         self._fails = 0
         self._gated = 0  # frames the quality gate saw (every GATE_SAMPLE-th is aligned)
         self._unaligned = 0  # frames it dropped without aligning them
@@ -505,10 +505,10 @@ class LiveStacker:
                now: float) -> AddResult:
         """Admit an aligned frame to the buffer, or drop it with its reason."""
         quality = self._see(qmap)
-        dy, dx, strength = (float(v) for v in measured)
+        dy, dx, strength, snr = (float(v) for v in measured)
         t2 = time.perf_counter()
         self._evict_window(now)
-        if self._weak(strength):
+        if self._weak(strength, snr):
             self._fails += 1
             self._dropped["alignment"] += 1
             if self._fails >= self._params.reset_after:
@@ -520,7 +520,7 @@ class LiveStacker:
         if slot is None:
             return self._drop_for_quality(quality, t2)
         self._store(slot, frame, quality, qmap.cells, np.array([dy, dx]), now)
-        self._recent.append((slot, strength))
+        self._recent.append((slot, snr))
         self._admitted += 1
         self._since_reference += 1
         for state in self._states():
@@ -543,8 +543,8 @@ class LiveStacker:
         order = np.argsort([-w[1] for w in warm])
         for i in order:
             frame, quality, cells, now = warm[int(i)]
-            dy, dx, strength = measure_shift(frame, self._target)
-            if self._weak(strength):
+            dy, dx, strength, snr = measure_shift(frame, self._target)
+            if self._weak(strength, snr):
                 self._dropped["alignment"] += 1
                 continue
             slot = self._free_slot(quality)
@@ -552,7 +552,7 @@ class LiveStacker:
                 self._dropped["quality"] += 1
                 continue
             self._store(slot, frame, quality, cells, np.array([dy, dx]), now)
-            self._recent.append((slot, strength))
+            self._recent.append((slot, snr))
             self._admitted += 1
         self._relay(synchronous=True)
 
@@ -599,13 +599,13 @@ class LiveStacker:
     def _max_offset(self) -> float:
         return self._params.relay_drift * min(self._shape[:2])
 
-    def _weak(self, strength: float) -> bool:
+    def _weak(self, strength: float, snr: float) -> bool:
         """Whether a frame aligned too weakly to be used (:func:`~live_stack.align.accepts`,
-        against the recent frames' typical strength once there are enough of them)."""
+        against the recent frames' typical signal-to-noise once there are enough of them)."""
         typical = None
         if len(self._recent) >= RECENT // 2:
             typical = float(np.median([s for _, s in self._recent]))
-        return not bool(accepts(strength, self._params.align, typical))
+        return not bool(accepts(strength, snr, self._params.align, typical))
 
     def _free_slot(self, quality: float) -> int | None:
         """A slot for a frame of this quality: an empty one, or the worst frame's."""

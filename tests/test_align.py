@@ -8,6 +8,7 @@ import pytest
 
 from live_stack.align import (
     AlignParams,
+    accepts,
     align,
     choose_mode,
     disk_centroid,
@@ -71,7 +72,7 @@ def test_surface_mode_subpixel_with_drift(moon, shifted_view, as_dtype, dtype, d
                                 AlignParams(mode="surface"))
     assert target.mode == "surface"
     frame = _frame(moon, dy, dx, shifted_view, as_dtype, dtype, seed=7)
-    my, mx, strength = measure_shift(frame, target)
+    my, mx, strength, _ = measure_shift(frame, target)
     assert my == pytest.approx(dy, abs=SURFACE_TOL)
     assert mx == pytest.approx(dx, abs=SURFACE_TOL)
     assert strength > 0.5
@@ -83,7 +84,7 @@ def test_uint16_frames_align(moon, planet, shifted_view, as_dtype, mode) -> None
     target = make_global_target(_frame(canvas, 0, 0, shifted_view, as_dtype, "uint16"),
                                 AlignParams(mode=mode))
     frame = _frame(canvas, 12.4, -7.8, shifted_view, as_dtype, "uint16", seed=7)
-    my, mx, _ = measure_shift(frame, target)
+    my, mx, _, _ = measure_shift(frame, target)
     tol = SURFACE_TOL if mode == "surface" else PLANET_TOL
     assert (my, mx) == pytest.approx((12.4, -7.8), abs=tol)
 
@@ -94,7 +95,7 @@ def test_planet_mode_with_its_moon(planet, shifted_view, as_dtype, dy, dx) -> No
     ref = _frame(planet, 0, 0, shifted_view, as_dtype, noise=0)
     target = make_global_target(ref, AlignParams())
     assert target.mode == "planet" and target.disk is not None
-    my, mx, strength = measure_shift(_frame(planet, dy, dx, shifted_view, as_dtype, seed=2),
+    my, mx, strength, _ = measure_shift(_frame(planet, dy, dx, shifted_view, as_dtype, seed=2),
                                      target)
     assert (my, mx) == pytest.approx((dy, dx), abs=PLANET_TOL)
     assert strength > 0.5
@@ -110,7 +111,7 @@ def test_planet_mode_ignores_a_moving_moon(planet, shifted_view, as_dtype, moon_
     target = make_global_target(ref, AlignParams(mode="planet"))
     dy, dx = 3.3, -4.6
     frame = _add_moon(shifted_view(planet, dy, dx, (H, W), noise=NOISE, seed=4), *moon_frame)
-    my, mx, _ = measure_shift(np.clip(frame, 0, 1).astype(np.float32), target)
+    my, mx, _, _ = measure_shift(np.clip(frame, 0, 1).astype(np.float32), target)
     assert (my, mx) == pytest.approx((dy, dx), abs=PLANET_TOL)
 
 
@@ -122,7 +123,7 @@ def test_planet_mode_disk_touching_the_edge(planet, shifted_view, as_dtype, dy, 
     frame = _frame(planet, dy, dx, shifted_view, as_dtype, "uint8", seed=5)
     border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
     assert border.max() > 0.05 * 255  # the disk does reach the frame edge
-    my, mx, _ = measure_shift(frame, target)
+    my, mx, _, _ = measure_shift(frame, target)
     assert (my, mx) == pytest.approx((dy, dx), abs=PLANET_TOL)
 
 
@@ -134,7 +135,11 @@ def test_disk_centroid_picks_the_largest_object(planet, shifted_view) -> None:
     assert disk_centroid(np.zeros((H, W), np.float32)) is None
 
 
-def test_weak_or_unrelated_frames_get_low_strength(moon, scene_canvas, shifted_view) -> None:
+def test_unrelated_frames_fail_and_a_blurred_one_aligns(moon, scene_canvas,
+                                                        shifted_view) -> None:
+    """Noise and another scene stay under the noise-calibrated test; a frame of the
+    target blurred as through thin cloud still aligns on its coarse field (whether it is
+    sharp enough to stack is the ranking's business, not alignment's)."""
     target = make_global_target(shifted_view(moon, 0, 0, (H, W)).astype(np.float32))
     rng = np.random.default_rng(3)
     noise = rng.normal(0.4, 0.05, (H, W)).astype(np.float32)
@@ -142,9 +147,12 @@ def test_weak_or_unrelated_frames_get_low_strength(moon, scene_canvas, shifted_v
     cloudy = cv2.GaussianBlur(shifted_view(moon, 2, 3, (H, W)).astype(np.float32), (0, 0), 12)
     good = shifted_view(moon, 2.5, -1.5, (H, W), noise=NOISE).astype(np.float32)
     out = measure_shifts([noise, sun, cloudy, good], target)
-    limit = AlignParams().min_strength
-    assert out[:3, 2].max() < limit
-    assert out[3, 2] > 3 * limit
+    limit = AlignParams().min_snr
+    assert out[:2, 3].max() < limit
+    assert out[3, 3] > 3 * limit
+    assert list(accepts(out[:, 2], out[:, 3], AlignParams())) == [False, False, True, True]
+    assert np.hypot(out[2, 0] - 2, out[2, 1] - 3) < 1.5
+    assert out[3, :2] == pytest.approx((2.5, -1.5), abs=SURFACE_TOL)
 
 
 def test_measure_shifts_matches_measure_shift(moon, shifted_view) -> None:
@@ -194,8 +202,52 @@ def test_align_rejects_a_ranking_of_another_capture(moon, shifted_view) -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("mode", "lunar"), ("patch", 30), ("patch", 101), ("coarse_downsample", 0),
-    ("iterations", 9), ("min_strength", 1.0), ("peak_sigma", 0.1),
+    ("iterations", 9), ("min_strength", 1.0), ("min_snr", -1.0), ("refine_snr", 200.0),
+    ("peak_sigma", 0.1),
 ])
 def test_align_params_validation_names_the_field(field, value) -> None:
     with pytest.raises(ValueError, match=f"align_{field}"):
         AlignParams(**{field: value})
+
+
+def test_a_faint_blurred_mare_aligns_on_its_coarse_field(tmp_path) -> None:
+    """Issue 13: a small low-signal capture (160x160 mare, 400 e-, D/r0 7). Its frames are
+    blurred to a seeing FWHM of about 14 px, so the full-resolution patch holds little but
+    photon noise; before, its refinement moved most frames several pixels off and the
+    fixed strength test (0.12) rejected all but 5 of 40 (median error 5.9 px). The coarse
+    field locates them to about a pixel, and its peak stands well above noise."""
+    from live_stack.io import open_source
+    from live_stack.simulate import simulate_capture
+    from live_stack.simulate.turbulence import TurbulenceParams
+
+    info = simulate_capture("mare", frames=40, out_dir=tmp_path, seed=1, width=160,
+                            height=160, drift=6.0,
+                            seeing=TurbulenceParams(d_over_r0=7.0, electrons=400.0))
+    with open_source(info.video) as src:
+        frames = [np.asarray(src[i]) for i in range(len(src))]
+    result = align(frames, rank(frames), AlignParams(), threads=1)
+    assert result.mode == "surface"
+    # frame[y, x] shows truth[y + dy, x + dx]: against the target, a shift of -(o - o_t)
+    expected = -(info.offsets - info.offsets[result.target_index])
+    error = np.hypot(*(result.shifts - expected).T)
+    assert result.ok.sum() >= 36
+    assert np.median(error[result.ok]) < 1.5
+    assert np.percentile(error[result.ok], 90) < 3.0
+
+
+@pytest.mark.parametrize("size", [(160, 160), (480, 640)])
+def test_pure_noise_frames_fail_to_align(scene_canvas, shifted_view, size) -> None:
+    """The acceptance is calibrated on noise: frames of nothing but noise among frames of
+    the target, at either size, are all left out; the target's frames all kept."""
+    h, w = size
+    moon = scene_canvas("moon", w + 80, h + 80)
+    rng = np.random.default_rng(4)
+    real = [shifted_view(moon, 1.5 * i, -i, (h, w), noise=NOISE, seed=i).astype(np.float32)
+            for i in range(8)]
+    noise = [rng.normal(0.4, 0.05, (h, w)).astype(np.float32) for _ in range(4)]
+    frames = real + noise
+    result = align(frames, rank(real + [real[0]] * len(noise)), AlignParams(mode="surface"),
+                   threads=1)
+    assert result.ok[:8].all()
+    assert not result.ok[8:].any()
+    assert result.snr[8:].max() < 2 * AlignParams().min_snr < result.snr[:8].min()
