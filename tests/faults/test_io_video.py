@@ -4,13 +4,15 @@ OpenCV reads such a file up to the cut without a word: ``reprocess`` stacked 747
 900-frame AVI truncated while it was opened, and said nothing. Now the frame count the
 container claims and the frames that could be decoded are both reported, naming the
 file, the way a crash-cut SER file's are; a frame that cannot be decoded again later is
-an error naming the file (tests/io/test_video.py). Each test writes a real AVI with
-OpenCV's ``VideoWriter`` and runs a real ``live-stack reprocess`` process on it.
+an error naming the file and both sizes, with rc 1 and no output. Each test writes a real
+AVI with OpenCV's ``VideoWriter`` and runs a real ``live-stack reprocess`` process on it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,54 @@ def test_reprocess_of_an_intact_video_says_nothing(
     _, meta = read_image(out)
     assert meta["input_frames"] == len(moon_frames)
     assert "input_salvaged" not in meta
+
+
+def _bytes_read(pid: int) -> int:
+    """Bytes the process has read with read(2) and its kind so far (Linux ``rchar``)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError(f"/proc/{pid}/io has no rchar")
+
+
+#: Frames of the video cut after it was opened: 640x480 RGB, 600 of them (527 MiB
+#: decoded) are more than the reader's 512 MiB cache, so some must be decoded again.
+BIG_FRAMES = 600
+
+
+def test_reprocess_of_a_video_cut_after_it_was_opened_exits_1_naming_it(
+    run_live_stack: Callable[..., Any], moon_frames: list[np.ndarray], tmp_path: Path,
+) -> None:
+    path = tmp_path / "big.avi"
+    tinted = []
+    for f in moon_frames:
+        big = cv2.resize(f, (640, 480), interpolation=cv2.INTER_CUBIC)
+        big[..., 0] //= 2  # a colour picture: read as RGB, three bytes a pixel
+        tinted.append(big)
+    writer = _writer(path, tinted[0])
+    for k in range(BIG_FRAMES):
+        writer.write(tinted[k % len(tinted)])
+    writer.release()
+    size = path.stat().st_size
+    out = tmp_path / "stack.tif"
+    p = run_live_stack("reprocess", str(path), "-o", str(out), "-q")
+    # cut once the counting pass has read the whole file and the second decoding (the
+    # frames beyond the cache, reached from the start again) has read half of it again:
+    # the file's first 600 frames are counted, and frames 300 and on are still to come
+    deadline = time.monotonic() + 120
+    while _bytes_read(p.proc.pid) < size * 3 // 2:
+        assert p.proc.poll() is None, p.stderr
+        assert time.monotonic() < deadline, "reprocess never read the video"
+        threading.Event().wait(0.001)
+    os.truncate(path, size // 20)
+    rc = p.finish(180)
+    assert rc == 1, (rc, p.stderr)  # was: a stack of the frames before the cut, rc 0
+    ours = [ln for ln in p.stderr.splitlines() if ln.startswith("live-stack")]
+    assert len(ours) == 1, p.stderr
+    assert ours[0].startswith(f"live-stack reprocess: error: {path}: frame ")
+    assert " cannot be decoded again: the video ended at frame " in ours[0]
+    assert ours[0].endswith(f", after {BIG_FRAMES} frames were decoded when it was opened; "
+                            f"the file had {size} bytes then and has {size // 20} bytes now "
+                            f"(truncated or rewritten by another program?)")
+    assert not out.exists()
