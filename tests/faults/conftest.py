@@ -88,6 +88,14 @@ class Process:
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
 
+    def bytes_read(self) -> int:
+        """Bytes the process has read with read(2) and its kind so far (Linux ``rchar``)."""
+        with open(f"/proc/{self.proc.pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+        raise AssertionError(f"/proc/{self.proc.pid}/io has no rchar")
+
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code."""
         if self.proc.poll() is None:

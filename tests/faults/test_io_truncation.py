@@ -65,25 +65,16 @@ class _Opened(FileSystemEventHandler):
             self.event.set()
 
 
-def _bytes_read(pid: int) -> int:
-    """Bytes the process has read with read(2) and its kind so far (Linux ``rchar``)."""
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError(f"/proc/{pid}/io has no rchar")
-
-
-def _wait_reading(pid: int, nbytes: int, timeout: float = 60.0) -> None:
-    """Wait until process ``pid`` has read ``nbytes`` more bytes than now.
+def _wait_reading(process: Any, nbytes: int, timeout: float = 60.0) -> None:
+    """Wait until ``process`` (a conftest ``Process``) has read ``nbytes`` more bytes than now.
 
     A file opened is not yet a file being read: truncated between its open and the size
     check, it is a crash-cut file (stacked from what is left), not one cut while read.
     """
-    start = _bytes_read(pid)
+    start = process.bytes_read()
     deadline = time.monotonic() + timeout
-    while _bytes_read(pid) - start < nbytes:
-        assert time.monotonic() < deadline, f"process {pid} did not read {nbytes} bytes"
+    while process.bytes_read() - start < nbytes:
+        assert time.monotonic() < deadline, f"{process.cmd} did not read {nbytes} bytes"
         time.sleep(0.001)
 
 
@@ -115,7 +106,7 @@ def test_reprocess_of_a_file_truncated_while_read_exits_1_naming_it(
     out = tmp_path / "stack.tif"
     p = run_live_stack("reprocess", str(path), "-o", str(out), "-q")
     assert opened.wait(60), "reprocess never opened the file"
-    _wait_reading(p.proc.pid, 100 * FRAME_BYTES)
+    _wait_reading(p, 100 * FRAME_BYTES)
     _cut(path, KEPT)  # while the pipeline reads its 1500 frames (several passes)
     rc = p.finish(END)
     assert rc == 1, (rc, p.stderr)  # was -7 (SIGBUS), shown by a shell as 135

@@ -123,15 +123,6 @@ def test_reprocess_of_an_intact_video_says_nothing(
     assert "input_salvaged" not in meta
 
 
-def _bytes_read(pid: int) -> int:
-    """Bytes the process has read with read(2) and its kind so far (Linux ``rchar``)."""
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError(f"/proc/{pid}/io has no rchar")
-
-
 #: Frames of the video cut after it was opened: 640x480 RGB, 600 of them (527 MiB
 #: decoded) are more than the reader's 512 MiB cache, so some must be decoded again.
 BIG_FRAMES = 600
@@ -157,7 +148,7 @@ def test_reprocess_of_a_video_cut_after_it_was_opened_exits_1_naming_it(
     # frames beyond the cache, reached from the start again) has read half of it again:
     # the file's first 600 frames are counted, and frames 300 and on are still to come
     deadline = time.monotonic() + 120
-    while _bytes_read(p.proc.pid) < size * 3 // 2:
+    while p.bytes_read() < size * 3 // 2:
         assert p.proc.poll() is None, p.stderr
         assert time.monotonic() < deadline, "reprocess never read the video"
         threading.Event().wait(0.001)
