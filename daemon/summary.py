@@ -26,6 +26,23 @@ def _counts(counts: dict[str, Any]) -> str:
     return ", ".join(items) if items else "none"
 
 
+def _weak_aps(stacker: dict[str, Any]) -> str | None:
+    """``APs:  108, 3 short of 30 frames, 12 % of shifts fell back (390 of 3240)`` when
+    any AP stacked fewer frames than asked or any of its shifts fell back, else None."""
+    frames, fell = stacker.get("ap_frames") or [], stacker.get("ap_fell_back") or []
+    asked = stacker.get("frames_per_ap", 0)
+    short = sum(1 for f in frames if f < asked)
+    if not frames or not (short or sum(fell)):
+        return None
+    parts = [f"APs:       {len(frames)}"]
+    if short:
+        parts.append(f"{short} short of {asked} frames")
+    if sum(fell):
+        share = 100 * sum(fell) / max(sum(frames), 1)
+        parts.append(f"{share:.0f} % of shifts fell back ({sum(fell)} of {sum(frames)})")
+    return ", ".join(parts)
+
+
 def status_text(st: dict[str, Any], *, now: float | None = None) -> str:
     """A daemon's status map as about a dozen readable lines.
 
@@ -59,6 +76,9 @@ def status_text(st: dict[str, Any], *, now: float | None = None) -> str:
     lines.append(f"queue:     {q.get('fill', 0)} of {q.get('size', 0)} frames waiting; "
                  f"buffer {buf.get('fill', 0)} of {buf.get('size', 0)} frames, "
                  f"{st.get('aps', 0)} APs")
+    weak = _weak_aps(st.get("stacker") or {})
+    if weak:
+        lines.append(weak)
     stack = st.get("stack") or {}
     if stack:
         age = now - stack.get("time", now)

@@ -49,6 +49,9 @@ def test_ctl_status_is_readable_and_json_on_demand(fed: StackingService,
     assert any(x.startswith("stack:") and "x" in x and "#" in x for x in lines)
     assert any(x.startswith("endpoints:") and ctl in x for x in lines)
     assert not r.stdout.lstrip().startswith("{")
+    # every AP of this well-lit capture stacked the asked frames and none fell back
+    assert fed.status()["stacker"]["ap_frames"]
+    assert not any(x.startswith("APs:") for x in lines), r.stdout
     r = _ctl("--control", ctl, "--json", "status")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)["result"]
@@ -122,3 +125,24 @@ def test_ctl_sets_several_parameters_together(
                       (["warmup", "50", "warmup", "60"], "twice")):
         r = _ctl("--control", ctl, "set", *args)  # refused before sending: a usage error
         assert r.returncode == 2 and why in r.stderr, (args, r.stderr)
+
+
+def test_status_text_says_where_the_stack_is_weak() -> None:
+    """One line when an AP stacked fewer frames than asked or shifts fell back; none when
+    the stack is whole or there is none yet."""
+    base = {"state": "running", "uptime_s": 5.0, "frames": {}, "stack": {}, "output": {}}
+
+    def weak(**stacker: Any) -> list[str]:
+        text = status_text({**base, "stacker": stacker}, now=0.0)
+        return [x for x in text.splitlines() if x.startswith("APs:")]
+
+    assert weak(frames_per_ap=30, ap_frames=[30, 28, 30, 12], ap_fell_back=[3, 0, 9, 0]) == [
+        "APs:       4, 2 short of 30 frames, 12 % of shifts fell back (12 of 100)"]
+    assert weak(frames_per_ap=30, ap_frames=[30, 29], ap_fell_back=[0, 0]) == [
+        "APs:       2, 1 short of 30 frames"]
+    assert weak(frames_per_ap=5, ap_frames=[5, 5], ap_fell_back=[0, 1]) == [
+        "APs:       2, 10 % of shifts fell back (1 of 10)"]
+    assert weak(frames_per_ap=5, ap_frames=[5, 5], ap_fell_back=[0, 0]) == []
+    assert weak(frames_per_ap=0, ap_frames=[], ap_fell_back=[]) == []  # warming up
+    assert weak() == []  # an older daemon's status
+    assert not any(x.startswith("APs:") for x in status_text(base, now=0.0).splitlines())
