@@ -145,16 +145,6 @@ class IngestStats:
         with self._lock:
             return {"quality": self.newest_quality, "best_quality": self.best_quality}
 
-    @property
-    def total_drops(self) -> int:
-        with self._lock:
-            return sum(self.drops.values())
-
-    @property
-    def total_gaps(self) -> int:
-        with self._lock:
-            return sum(s.gaps for s in self.sources.values())
-
     def as_dict(self) -> dict[str, Any]:
         """The counters as msgpack-able data for the status message."""
         with self._lock:
