@@ -148,13 +148,46 @@ def dask_setup(worker: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+#: The loggers of Dask and of its event loop, quietened when a batch is stopped.
+CLUSTER_LOGGERS = ("distributed", "tornado")
+
+
+def _quiet_cluster_logs() -> None:
+    """The batch stops on purpose: the cluster's own loggers would report the interrupted
+    waits and the killed workers' closed connections as errors, with tracebacks, after
+    the one-line message."""
+    for name in CLUSTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _quiet_interrupt() -> Iterator[None]:
+    """While a batch runs on Dask, a Ctrl-C quietens the cluster's loggers before the
+    KeyboardInterrupt is raised: Dask's interrupted wait reports itself from its event
+    loop's thread (through tornado's logger) as the exception unwinds, which a level set
+    in an ``except`` clause can come too late for. Leaves a SIGINT handler other than
+    Python's default alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        _quiet_cluster_logs()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _stop_workers(client: Any, cluster: Any) -> None:
     """Kill the worker processes of a local cluster now, tasks and all (closing the
     cluster would wait for the running tasks), and keep their nannies from starting them
     again. A task killed while writing leaves its temporary file, never its output."""
-    # the batch stops on purpose: the cluster's own loggers would report the killed
-    # workers' closed connections as errors, with tracebacks, after the one-line message
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    _quiet_cluster_logs()
     for nanny in cluster.workers.values():
         nanny.auto_restart = False
     for pid in client.run(os.getpid).values():
@@ -262,7 +295,7 @@ def run_on_dask(task: Callable[..., Any], jobs: Sequence[Any], params: ClusterPa
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    with _client(params) as (client, threads, description, cluster):
+    with _quiet_interrupt(), _client(params) as (client, threads, description, cluster):
         link = client.dashboard_link
         announce(f"{description}; dashboard {link}")
         futures = {}
