@@ -17,8 +17,7 @@ point-spread functions computed from the phase of the wavefront in the telescope
 3. Short-exposure PSFs: at each field point, the pupil phase (the layers summed) gives the
    image of a point source, ``|FFT(pupil * exp(i phase))|**2`` (speckle, halo,
    diffraction rings). Its tip-tilt (the pupil-averaged phase gradient) is taken out of
-   the phase and applied as an exact sub-pixel shift of the region instead; it is the
-   region's image motion.
+   the phase; it is the field point's image motion.
 4. Seeing that breathes: ``r0`` varies in time, log-normally (``breathing`` is the RMS of
    ``ln r0``, with an e-folding time of ``breathing_s`` seconds).
 5. Mount drift: a linear drift over the run.
@@ -26,11 +25,15 @@ point-spread functions computed from the phase of the wavefront in the telescope
    Gaussian read noise, and quantisation to 8 bits or to 16 bits (an ADC of ``adc_bits``
    scaled into the uint16 range).
 
-The images of the field points are blended with bilinear (tent) weights: the frame is
-smooth where the PSF changes across the field. The pixel scale is ``pixel_lambda_d``
-times ``lambda / D`` (0.5: Nyquist sampling of the diffraction limit, as planetary
-cameras are usually matched to their telescope); a pixel's field angle follows from the
-aperture and the wavelength.
+The tilt-free images of the field points are blended with bilinear (tent) weights: the
+frame is smooth where the PSF changes across the field. The image motion is a smooth field
+too: the field points' motions interpolated with the same weights, applied to the blend as
+a warp (Lanczos interpolation), so that between two field points the image is displaced
+by an amount between theirs, as through a real atmosphere, not cross-faded between two
+displaced copies (a double image, which no local shift could undo). The pixel scale is
+``pixel_lambda_d`` times ``lambda / D`` (0.5: Nyquist sampling of the diffraction limit,
+as planetary cameras are usually matched to their telescope); a pixel's field angle
+follows from the aperture and the wavelength.
 
 Offsets convention (as for the other model): the frame at offset ``(dy, dx)`` shows at
 its pixel ``(y, x)`` what the truth image (:func:`~live_stack.simulate.seeing.truth_view`
@@ -46,6 +49,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from live_stack.fft import irfft2, rfft2
@@ -169,6 +173,12 @@ class PhysicalFrame:
     image: np.ndarray  # float32 (H, W), on the scene's [0, 1] brightness scale
     offset: tuple[float, float]  # (dy, dx): the frame's mean image motion (module docstring)
     d_over_r0: float  # this frame's D/r0 (breathing seeing)
+    #: float64 (field_points, field_points, 2): the image motion (dy, dx) at each field
+    #: point (the frame's motion field is their tent interpolation: :func:`motion_field`)
+    motions: np.ndarray | None = None
+    #: float64 (field_points, field_points): each field point's Strehl ratio (the peak of
+    #: its tilt-free PSF over a diffraction-limited PSF's)
+    strehl: np.ndarray | None = None
 
 
 def physical_margin(params: TurbulenceParams, frames: int) -> int:
@@ -245,12 +255,14 @@ def _pupil() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mask, yy, xx
 
 
-def _tents(size: int, points: int) -> np.ndarray:
+def _tents(size: int, points: int, *, inner: tuple[int, int] | None = None) -> np.ndarray:
     """Bilinear weights ``(points, size)`` of field points spread over ``size`` pixels
-    (a partition of unity, flat beyond the outermost points)."""
+    (a partition of unity, flat beyond the outermost points); with ``inner = (start,
+    length)`` the points are spread over that part of the ``size`` pixels only."""
     if points == 1:
         return np.ones((1, size), np.float32)
-    centres = (np.arange(points) + 0.5) * size / points - 0.5
+    start, length = (0, size) if inner is None else inner
+    centres = start + (np.arange(points) + 0.5) * length / points - 0.5
     x = np.clip(np.arange(size, dtype=np.float64), centres[0], centres[-1])
     spacing = centres[1] - centres[0]
     w = np.clip(1.0 - np.abs(x[None, :] - centres[:, None]) / spacing, 0.0, 1.0)
@@ -328,14 +340,19 @@ def _physical_frames(canvas: np.ndarray, frames: int, params: TurbulenceParams, 
     tilt_norm_x = float((pxx * pxx * mask).sum())
     n = params.psf_size
     spec = rfft2(canvas.astype(np.float32))
-    fy = np.fft.fftfreq(ch)[:, None]
-    fx = np.fft.rfftfreq(cw)[None, :]
     # where the frame sits in the canvas (its centre), and the field points' pixel offsets
     oy, ox = (ch - pad_y - h) // 2, (cw - pad_x - w) // 2
     g = params.field_points
     py = (np.arange(g) + 0.5) * h / g - h / 2.0
     px = (np.arange(g) + 0.5) * w / g - w / 2.0
-    wy, wx = _tents(h, g), _tents(w, g)
+    # the tilt-free images are blended over the frame and a rim (``rim`` pixels each side,
+    # as far as the canvas reaches), which the motion field then samples
+    rim = max(0, min(oy, ox, ch - pad_y - h - oy, cw - pad_x - w - ox))
+    ey, ex = h + 2 * rim, w + 2 * rim
+    wy = _tents(ey, g, inner=(rim, h))
+    wx = _tents(ex, g, inner=(rim, w))
+    grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
+    fwy, fwx = _tents(h, g), _tents(w, g)  # the motion field's weights on the frame
     # layer footprint offsets (pupil samples) per field point: height * angle / sample
     per_px = params.pixel_rad / atmosphere.dxp
     heights = np.asarray(params.layer_heights_m, dtype=np.float64)
@@ -349,13 +366,18 @@ def _physical_frames(canvas: np.ndarray, frames: int, params: TurbulenceParams, 
     place_y = np.r_[0 : half + 1, ch - half : ch]
     place_x = np.r_[0 : half + 1, cw - half : cw]
     psf_grid = np.zeros((ch, cw), np.float32)
+    perfect = np.zeros((n, n), np.complex64)
+    perfect[:PUPIL_PX, :PUPIL_PX] = mask_f
+    perfect_psf = (np.abs(np.fft.fft2(perfect)) ** 2)[np.ix_(keep, keep)]
+    perfect_peak = float(perfect_psf.max() / perfect_psf.sum())
     for index in range(frames):
         if index:
             atmosphere.advance()
         screens = atmosphere.screens()
         scale = np.float32(breath[index] ** (5 / 6))  # phase ~ r0**(-5/6)
-        out = np.zeros((h, w), np.float32)
+        blend = np.zeros((ey, ex), np.float32)
         motions = np.zeros((g, g, 2))
+        strehl = np.zeros((g, g))
         drift = params.drift_px * ramp_t[index] * drift_dir
         for i in range(g):
             for j in range(g):
@@ -375,22 +397,38 @@ def _physical_frames(canvas: np.ndarray, frames: int, params: TurbulenceParams, 
                 field[:PUPIL_PX, :PUPIL_PX] = mask_f * np.exp(1j * phase)
                 psf = (np.abs(np.fft.fft2(field)) ** 2)[np.ix_(keep, keep)]
                 psf /= psf.sum()  # the kept part carries all the light
+                strehl[i, j] = float(psf.max()) / perfect_peak
                 # a phase slope of 2 pi per n samples moves the image by one pixel; the
                 # image of a wavefront tilted by +t moves by +t n / (2 pi) pixels
-                my = ty * n / (2 * np.pi) + drift[0]
-                mx = tx * n / (2 * np.pi) + drift[1]
-                motions[i, j] = (my, mx)
+                motions[i, j] = (ty * n / (2 * np.pi) + drift[0],
+                                 tx * n / (2 * np.pi) + drift[1])
                 psf_grid[np.ix_(place_y, place_x)] = psf
-                otf = rfft2(psf_grid)
-                # the frame pixel (y, x) shows the scene at (y + my, x + mx): the image is
-                # moved by -(my, mx)
-                shift = np.exp(2j * np.pi * (fy * my + fx * mx)).astype(np.complex64)
-                image = irfft2(spec * otf * shift, (ch, cw))[oy : oy + h, ox : ox + w]
-                out += image * (wy[i][:, None] * wx[j][None, :])
+                image = irfft2(spec * rfft2(psf_grid), (ch, cw))
+                image = image[oy - rim : oy + h + rim, ox - rim : ox + w + rim]
+                blend += image * (wy[i][:, None] * wx[j][None, :])
+        # the image motion is a smooth field over the frame (the field points' motions,
+        # interpolated with the same tents): the frame pixel (y, x) shows the scene at
+        # (y + my, x + mx). Moving each field point's image by its own motion and
+        # blending those instead would cross-fade two displaced copies between field
+        # points: a double image no atmosphere makes.
+        my, mx = motion_field(motions, fwy, fwx)
+        out = cv2.remap(blend, grid_x + mx + np.float32(rim), grid_y + my + np.float32(rim),
+                        cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT101)
         motion = motions.reshape(-1, 2).mean(axis=0)
         yield PhysicalFrame(index=index, image=out,
                             offset=(float(motion[0]), float(motion[1])),
-                            d_over_r0=float(params.d_over_r0 / breath[index]))
+                            d_over_r0=float(params.d_over_r0 / breath[index]),
+                            motions=motions, strehl=strehl)
+
+
+def motion_field(motions: np.ndarray, tents_y: np.ndarray, tents_x: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The image motion ``(dy, dx)`` at every pixel, float32 ``(H, W)`` each: the field
+    points' ``motions`` ``(g, g, 2)`` interpolated with tents ``(g, H)`` and ``(g, W)``
+    (:func:`_tents`)."""
+    my = np.einsum("iy,ij,jx->yx", tents_y, motions[:, :, 0], tents_x).astype(np.float32)
+    mx = np.einsum("iy,ij,jx->yx", tents_y, motions[:, :, 1], tents_x).astype(np.float32)
+    return my, mx
 
 
 def _fast_size(n: int) -> int:

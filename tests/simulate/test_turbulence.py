@@ -15,7 +15,9 @@ from live_stack.simulate.cli import main
 from live_stack.simulate.scenes import render_scene
 from live_stack.simulate.turbulence import (
     TurbulenceParams,
+    _tents,
     expose,
+    motion_field,
     physical_margin,
     render_physical,
 )
@@ -85,6 +87,44 @@ def test_anisoplanatism_high_layers_make_distant_points_move_apart() -> None:
         return float(np.std(d[:, 0]) + np.std(d[:, 1]))
 
     assert spread((10000.0,)) > 3 * spread((0.0,))
+
+
+def test_image_motion_is_a_smooth_field_not_a_cross_fade() -> None:
+    """Stars at two field points and midway between them, under a high layer (strong
+    differential motion): each star moves by the recorded motion field at its place, and
+    the star midway is one sharp image moved by an amount between its neighbours', not a
+    blend of two displaced copies (which would halve its peak where they move apart)."""
+    side = 256
+    params = TurbulenceParams(d_over_r0=5.0, field_points=4, breathing=0.0,
+                              layer_heights_m=(10000.0,), layer_weights=(1.0,),
+                              wind_mps=(10.0,), wind_deg=(0.0,))
+    frames = 24
+    margin = physical_margin(params, frames)
+    size = side + 2 * margin
+    canvas = np.zeros((size, size), np.float32)
+    stars = [(96, 96), (96, 128), (96, 160)]  # field point, midway, field point (y, x)
+    for y, x in stars:
+        canvas[margin + y, margin + x] = 1.0
+    tents = _tents(side, 4)
+    errors, ratios = [], []
+    for f in render_physical(canvas, frames=frames, params=params, seed=3,
+                             frame_shape=(side, side)):
+        my, mx = motion_field(f.motions, tents, tents)
+        peaks = []
+        for y, x in stars:
+            # the frame shows the scene at p + m(p): the star is seen at its place - m
+            ey, ex = y - my[y, x], x - mx[y, x]
+            cy, cx = int(round(ey)), int(round(ex))
+            win = f.image[cy - 12 : cy + 13, cx - 12 : cx + 13]
+            found = _centroid(win) + (cy - 12, cx - 12)
+            errors.append(np.hypot(found[0] - ey, found[1] - ex))
+            peaks.append(win.max())
+        apart = np.hypot(*(f.motions[1, 1] - f.motions[1, 2]))  # the two field points'
+        if apart > 2.0:
+            ratios.append(peaks[1] / (0.5 * (peaks[0] + peaks[2])))
+    assert np.median(errors) < 0.5
+    assert len(ratios) >= 4  # the test needs frames whose two field points move apart
+    assert np.median(ratios) > 0.75
 
 
 def _centroid(image: np.ndarray) -> np.ndarray:
