@@ -92,19 +92,26 @@ class Cell:
         return f"{self.scene}-e{self.signal}-d{self.d_r0:g}-n{self.frames}"
 
 
+def cell_scene(scene: str, d_r0: float, frames: int, size: int) -> tuple:
+    """The noise-free turbulence of a scene and seeing and the canvas its frames look at:
+    ``(TurbulenceParams, canvas)`` (:func:`render_physical` of both gives the frames)."""
+    from live_stack.simulate.scenes import render_scene
+    from live_stack.simulate.turbulence import TurbulenceParams, physical_margin
+
+    base = TurbulenceParams(d_over_r0=float(d_r0), drift_px=8.0)
+    margin = physical_margin(base, frames)
+    canvas = render_scene(scene, width=size + 2 * margin, height=size + 2 * margin,
+                          seed=SEED, scale=float(size))
+    return base, canvas
+
+
 def captures(cache: Path, scene: str, d_r0: float, signals: list[int], frames: int,
              size: int) -> dict[int, Path]:
     """The capture folders of one scene and seeing, rendered once (cached)."""
     from live_stack.io.images import write_image
     from live_stack.io.ser import SerWriter
-    from live_stack.simulate.scenes import render_scene
     from live_stack.simulate.seeing import truth_view
-    from live_stack.simulate.turbulence import (
-        TurbulenceParams,
-        expose,
-        physical_margin,
-        render_physical,
-    )
+    from live_stack.simulate.turbulence import TurbulenceParams, expose, render_physical
 
     folders = {s: cache / Cell(scene, s, d_r0, frames).name for s in signals}
     todo = [s for s, f in folders.items() if not (f / DONE_NAME).is_file()]
@@ -113,10 +120,7 @@ def captures(cache: Path, scene: str, d_r0: float, signals: list[int], frames: i
     print(f"(rendering {frames} {size}x{size} {scene} frames at D/r0 {d_r0:g} for "
           f"{todo} electrons ...)", flush=True)
     t0 = time.perf_counter()
-    base = TurbulenceParams(d_over_r0=float(d_r0), drift_px=8.0)
-    margin = physical_margin(base, frames)
-    canvas = render_scene(scene, width=size + 2 * margin, height=size + 2 * margin,
-                          seed=SEED, scale=float(size))
+    base, canvas = cell_scene(scene, d_r0, frames, size)
     truth = truth_view(canvas, (size, size))
     writers, rngs, params = {}, {}, {}
     for s in todo:
