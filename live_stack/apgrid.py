@@ -77,7 +77,11 @@ class APGrid:
     neighbours : numpy.ndarray
         int ``(m, 8)`` indices of each AP's grid neighbours (up to 8, padded with -1).
     step : int
-        Distance between neighbouring APs (0: unknown, blend as for half a box).
+        Distance between neighbouring APs, the larger of the two axes' (0: unknown, blend
+        as for half a box).
+    steps : tuple of int
+        ``(y, x)`` distance between neighbouring APs along each axis (0: as ``step``); the
+        boxes' blending ramps span each axis's overlap.
     """
 
     centres: np.ndarray
@@ -88,6 +92,7 @@ class APGrid:
     dropped_flat: int = 0
     neighbours: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), dtype=np.intp))
     step: int = 0
+    steps: tuple[int, int] = (0, 0)
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -160,6 +165,10 @@ def lay_grid(
     step = params.spacing
     ys = _axis(lo_y, hi_y, step)
     xs = _axis(lo_x, hi_x, step)
+    # the spacing the boxes actually have along each axis (at most the step): their
+    # blending ramps span the whole overlap, and the neighbour table reaches the neighbours
+    steps = (int(max(np.diff(ys), default=step)), int(max(np.diff(xs), default=step)))
+    step = max(steps)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     centres = np.column_stack([gy.ravel(), gx.ravel()]).astype(np.intp)
     ref = reference.astype(np.float32, copy=False)
@@ -178,7 +187,7 @@ def lay_grid(
     kept = centres[keep]
     return APGrid(centres=kept, size=params.size, search=params.search, shape=(h, w),
                   dropped_dim=int((~lit).sum()), dropped_flat=int((lit & ~textured).sum()),
-                  neighbours=neighbour_table(kept, step), step=step)
+                  neighbours=neighbour_table(kept, step), step=step, steps=steps)
 
 
 def neighbour_table(centres: np.ndarray, step: int) -> np.ndarray:
@@ -199,9 +208,15 @@ def neighbour_table(centres: np.ndarray, step: int) -> np.ndarray:
 
 
 def _axis(lo: int, hi: int, step: int) -> list[int]:
-    """Evenly spread positions from ``lo`` to ``hi`` with about ``step`` between them."""
+    """Evenly spaced positions from ``lo`` to ``hi`` (the ends within a pixel per gap),
+    at most ``step`` apart; one in the middle where the span is shorter than a step."""
     if hi - lo < step:
         return [(lo + hi) // 2]
-    count = (hi - lo) // step + 1
-    extra = (hi - lo) - (count - 1) * step
-    return [lo + extra // 2 + k * step for k in range(count)]
+    # as many APs as it takes to reach the ends at most ``step`` apart, so that the boxes
+    # cover the area up to its edges (the reference fills only what they leave), all the
+    # same whole number of pixels apart (their blending weights then add up to one); what
+    # is left of the span (less than one pixel per gap) is shared between the two ends
+    count = -(-(hi - lo) // step) + 1
+    gap = (hi - lo) // (count - 1)
+    start = lo + ((hi - lo) - gap * (count - 1)) // 2
+    return [start + k * gap for k in range(count)]

@@ -261,8 +261,13 @@ class DrizzleSums:
                       search=self.margin, shape=fine_shape(grid.shape, self.scale),
                       dropped_dim=grid.dropped_dim, dropped_flat=grid.dropped_flat,
                       neighbours=grid.neighbours,
-                      step=self.box - int(round((grid.size - grid.step) * self.scale))
-                      if grid.step else 0)
+                      step=self._fine_step(grid, grid.step),
+                      steps=(self._fine_step(grid, grid.steps[0] or grid.step),
+                             self._fine_step(grid, grid.steps[1] or grid.step)))
+
+    def _fine_step(self, grid: APGrid, step: int) -> int:
+        """A step of the grid on the fine pixels: the boxes overlap as much (scaled)."""
+        return self.box - int(round((grid.size - step) * self.scale)) if step else 0
 
     def to_image(self, grid: APGrid, reference: np.ndarray,
                  params: BlendParams = BlendParams()) -> Blend:

@@ -180,32 +180,43 @@ def shifted_spectra(patches: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.n
     return fourier_shift(spec, dy, dx, overwrite=True)  # complex64, as rfft2 gives
 
 
-@lru_cache(maxsize=16)
-def bump(size: int, overlap: int | None = None) -> np.ndarray:
+def bump(size: int, overlap: int | None = None, overlap_x: int | None = None) -> np.ndarray:
     """The blending weight of an AP box (float32 ``(size, size)``, cached; read-only).
 
     Flat (1) in the middle, falling as ``sin^2`` to 0 at the box edges over ``overlap``
-    pixels on each side (default: half the box, a plain ``sin^2`` bump). Boxes whose
-    neighbours overlap them by exactly ``overlap`` have weights that add up to 1
+    pixels on each side (default: half the box, a plain ``sin^2`` bump), or over
+    ``overlap`` at the top and bottom and ``overlap_x`` at the left and right. Boxes
+    whose neighbours overlap them by exactly that much have weights that add up to 1
     (``sin^2 + cos^2``) and whose slopes never jump.
     """
+    return _bump(size, overlap, overlap if overlap_x is None else overlap_x)
+
+
+@lru_cache(maxsize=16)
+def _bump(size: int, overlap_y: int | None, overlap_x: int | None) -> np.ndarray:
     half = size // 2
-    ramp_len = half if overlap is None else int(min(max(overlap, 1), half))
-    u = np.ones(size)
-    k = np.arange(ramp_len) + 0.5
-    ramp = np.sin(0.5 * np.pi * k / ramp_len) ** 2
-    u[:ramp_len] = ramp
-    u[size - ramp_len :] = ramp[::-1]
-    w = np.outer(u, u).astype(np.float32)
+
+    def axis(overlap: int | None) -> np.ndarray:
+        ramp_len = half if overlap is None else int(min(max(overlap, 1), half))
+        u = np.ones(size)
+        k = np.arange(ramp_len) + 0.5
+        ramp = np.sin(0.5 * np.pi * k / ramp_len) ** 2
+        u[:ramp_len] = ramp
+        u[size - ramp_len :] = ramp[::-1]
+        return u
+
+    w = np.outer(axis(overlap_y), axis(overlap_x)).astype(np.float32)
     w.setflags(write=False)
     return w
 
 
 def grid_bump(grid: APGrid) -> np.ndarray:
-    """:func:`bump` for a grid's boxes, ramping over the overlap of neighbouring boxes."""
+    """:func:`bump` for a grid's boxes, ramping over the overlap of neighbouring boxes
+    along each axis."""
     if not grid.step:
         return bump(grid.size)
-    return bump(grid.size, grid.size - grid.step)
+    sy, sx = (s or grid.step for s in grid.steps)
+    return bump(grid.size, grid.size - sy, grid.size - sx)
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,20 @@ def test_grid_stays_inside_the_box(moon, box) -> None:
 def test_grid_spacing_and_empty_box(moon) -> None:
     params = APParams(size=40, min_structure=0.0, min_brightness=0.0)
     grid = lay_grid(moon, params)
-    assert params.spacing == 30 and grid.step == 30  # three quarters of the box
+    assert params.spacing == 30  # three quarters of the box
     ys, xs = np.unique(grid.centres[:, 0]), np.unique(grid.centres[:, 1])
-    assert set(np.diff(ys)) == {30} and set(np.diff(xs)) == {30}
+    # the grid reaches as far out as the patches may go, the boxes at most a step apart
+    # and evenly spread (whole pixels: two neighbouring gaps differ by at most one)
+    half = grid.fft_size // 2
+    for pos, side in ((ys, H), (xs, W)):
+        gaps = np.diff(pos)
+        assert len(set(gaps)) == 1 and gaps[0] <= 30  # all alike (weights add up to one)
+        lo, hi = half, side - half  # as far out as the patches may go
+        assert pos[0] >= lo and pos[-1] <= hi
+        assert (pos[0] - lo) + (hi - pos[-1]) < len(gaps)  # within a pixel per gap
+        assert len(gaps) == -(-(hi - lo) // 30)  # no more APs than that needs
+    assert grid.steps == (int(np.diff(ys).max()), int(np.diff(xs).max()))
+    assert grid.step == max(grid.steps)
     assert len(grid) == len(ys) * len(xs)  # a full rectangular grid
     tiny = lay_grid(moon, params, box=(0, 0, 40, 40))  # smaller than one patch
     assert len(tiny) == 0 and tiny.centres.shape == (0, 2)
@@ -127,7 +138,7 @@ def test_grid_with_a_few_aps(planet) -> None:
     """2..8 APs: fewer candidates than table columns (once an IndexError)."""
     t = neighbour_table(np.array([[10, 10], [10, 18], [10, 100]]), 8)
     assert list(t[0][t[0] >= 0]) == [1] and list(t[2][t[2] >= 0]) == []
-    grid = lay_grid(planet, APParams(size=64, step=48))
+    grid = lay_grid(planet, APParams(size=64, step=64))
     assert 2 <= len(grid) <= 8
     assert grid.neighbours.shape == (len(grid), 8)
 

@@ -107,7 +107,7 @@ def test_planet_with_a_few_large_aps(sim_capture) -> None:
     from live_stack.apgrid import APParams
 
     cap = sim_capture("planet")
-    result = run(cap.frames, PipelineParams(ap=APParams(size=64, step=48)))
+    result = run(cap.frames, PipelineParams(ap=APParams(size=64, step=64)))
     assert 2 <= len(result.grid) <= 12
     assert (result.grid.neighbours >= 0).sum(axis=1).max() < 8  # no full neighbourhood
     best = score(cap.frames[int(result.ranking.order[0])], cap.truth).psnr

@@ -19,9 +19,11 @@ from live_stack.simulate.score import noise_evenness
 #: Frames per AP asked for.
 STACK = 12
 #: Noise evenness every stack must stay under. Commit 9b08467 (before issue 13: a frame
-#: whose shift was rejected left that AP's stack) scores 0.23 on this capture
-#: (``live-stack reprocess video.ser --stack 12 --mode surface``), this code about 0.11.
-EVENNESS_BOUND = 0.16
+#: whose shift was rejected left that AP's stack) scores 0.28 on this capture
+#: (``live-stack reprocess video.ser --stack 12 --mode surface``), this code 0.18 (its
+#: grid reaches the edges of the frame, where one AP's stack is not averaged with its
+#: neighbours'; b4b3227, whose grid left the edges to the reference, 0.16).
+EVENNESS_BOUND = 0.22
 
 
 @pytest.fixture(scope="module")
