@@ -35,7 +35,18 @@ import numpy as np
 from live_stack.apgrid import APGrid
 from live_stack.correlate import Shifts, correlate, correlate_spectra
 from live_stack.drizzle import DrizzleParams, DrizzleSums, make_sums
-from live_stack.local import LocalParams, best_per_ap, extract, inside, make_ap_targets, resolve
+from live_stack.frames import LUMA_WEIGHTS
+from live_stack.local import (
+    WIDE_TAPER,
+    LocalParams,
+    best_per_ap,
+    extract,
+    inside,
+    make_ap_targets,
+    make_wide_targets,
+    resolve,
+    wide_size,
+)
 from live_stack.stack import Blend, BlendParams, PatchSums, frame_patches, patch_spectra
 
 R = TypeVar("R")
@@ -83,6 +94,7 @@ class Tally:
     """Running counts of the local shifts, kept across the engines of a driver."""
 
     measured: int = 0  # (frame, AP) shifts measured
+    widened: int = 0  # of them, measured better on the wide box (weak peaks)
     fell_back: int = 0  # of those, not trusted and replaced (see local.resolve)
 
 
@@ -130,6 +142,9 @@ class APStack:
         self.tally = tally if tally is not None else Tally()
         channels = 3 if len(shape) == 3 else 1
         self.targets = make_ap_targets(reference, grid, local)
+        #: The wide measuring boxes of the reference, for weak peaks, and which APs have
+        #: one (:func:`live_stack.local.make_wide_targets`).
+        self.wide = make_wide_targets(reference, grid, local)
         #: Where the current AP references sit against the grid's first one, per AP: added
         #: to every shift measured on them, so that pairs measured before and after a
         #: :meth:`retarget` are placed alike and may be summed together.
@@ -324,6 +339,13 @@ class APStack:
         targets.spectrum[~moved] = self.targets.spectrum[~moved]
         if targets.power is not None and self.targets.power is not None:
             targets.power[~moved] = self.targets.power[~moved]
+        wide = make_wide_targets(reference, grid, local)
+        if wide is not None and self.wide is not None:
+            new, old = wide[0], self.wide[0]
+            new.spectrum[~moved] = old.spectrum[~moved]
+            if new.power is not None and old.power is not None:
+                new.power[~moved] = old.power[~moved]
+        self.wide = wide
         self.offset[moved, 0] += found.dy[moved]
         self.offset[moved, 1] += found.dx[moved]
         self.targets = targets
@@ -412,12 +434,48 @@ class APStack:
             snr = None if any(f.snr is None for f in found) else _concat([f.snr for f in found])
             r = Shifts(dy=_concat([f.dy for f in found]), dx=_concat([f.dx for f in found]),
                        strength=_concat([f.strength for f in found]), snr=snr)
+            r = self._widen(pair_slot[new], pair_aps[new], r)
             self._record(pair_slot[new], pair_aps[new], r)
         # ``spec`` is this call's own array, so the shifted spectra may take its place
         dy = self.dy[pair_slot, pair_aps]
         dx = self.dx[pair_slot, pair_aps]
         spectra = self._prepare(pair_aps, patches, dy, dx, spec)
         self._accumulate(pair_slot, pair_aps, spectra, dy, dx, sign=1)
+
+    def _widen(self, pair_slot: np.ndarray, pair_aps: np.ndarray, r: Shifts) -> Shifts:
+        """Measure the pairs whose peak is weak (under ``local.wide_below`` noise standard
+        deviations) again on the wide box (:func:`live_stack.local.make_wide_targets`),
+        where both the reference's and the frame's wide boxes exist, and keep whichever
+        peak stands higher above its noise. Returns the shifts to judge."""
+        if self.wide is None or r.snr is None:
+            return r
+        targets, has_box = self.wide
+        size = wide_size(self.grid, self.local)
+        weak = (r.snr < self.local.wide_below) & has_box[pair_aps]
+        if not weak.any():
+            return r
+        dy, dx = r.dy.copy(), r.dx.copy()
+        strength, snr = r.strength.copy(), r.snr.copy()
+        for slot, a, b in _runs(pair_slot):
+            at = a + np.flatnonzero(weak[a:b])
+            if not len(at):
+                continue
+            centres = self._centres(slot, pair_aps[at])
+            fits = inside(centres, size, self.shape)
+            at, centres = at[fits], centres[fits]
+            if not len(at):
+                continue
+            patches = frame_patches(self.frames[slot], centres, size)
+            lum = patches[:, 0] if patches.shape[1] == 1 else np.tensordot(
+                patches, LUMA_WEIGHTS, axes=([1], [0]))
+            w = correlate(lum, targets, index=pair_aps[at], max_shift=self.grid.search,
+                          taper=WIDE_TAPER)
+            better = w.snr > snr[at]
+            at = at[better]
+            dy[at], dx[at] = w.dy[better], w.dx[better]
+            strength[at], snr[at] = w.strength[better], w.snr[better]
+            self.tally.widened += int(better.sum())
+        return Shifts(dy=dy, dx=dx, strength=strength, snr=snr)
 
     def _record(self, pair_slot: np.ndarray, pair_aps: np.ndarray, r: Shifts) -> None:
         """Judge and keep the shifts measured for pairs (listed frame by frame): the one

@@ -66,6 +66,32 @@ def hann2d(size: int) -> np.ndarray:
     return win
 
 
+@lru_cache(maxsize=32)
+def tukey2d(size: int, taper: float) -> np.ndarray:
+    """Separable 2-D Tukey window of ``size x size`` (float32, cached; do not modify):
+    flat but for a cosine taper over ``taper / 2`` of the side at each edge; ``taper``
+    1 is the Hann window (:func:`hann2d`).
+
+    A Hann window gives the patch's centre its whole weight and leaves little of the
+    rest (the sum of its squares is 0.375 of the side in each axis, so about a seventh of
+    the pixels count); a flatter window keeps more of a faint patch's signal while its
+    taper still keeps the patch's edges out of the spectrum.
+    """
+    if not 0.0 < taper <= 1.0:
+        raise ValueError(f"taper must be in (0, 1], got {taper}")
+    if taper == 1.0:
+        return hann2d(size)
+    x = np.arange(1, size + 1) / (size + 1.0)  # as hann2d: the edges' zeros left out
+    w = np.ones(size)
+    half = taper / 2.0
+    lo, hi = x < half, x > 1.0 - half
+    w[lo] = 0.5 * (1.0 - np.cos(np.pi * x[lo] / half))
+    w[hi] = 0.5 * (1.0 - np.cos(np.pi * (1.0 - x[hi]) / half))
+    win = np.outer(w, w).astype(np.float32)
+    win.setflags(write=False)
+    return win
+
+
 @lru_cache(maxsize=16)
 def gaussian_lowpass(size: int, sigma: float) -> np.ndarray:
     """Real-FFT-domain Gaussian whose inverse transform has ``sigma`` pixels (cached)."""
@@ -106,11 +132,11 @@ def noise_floor(spectra: np.ndarray) -> np.ndarray:
     return np.median(power, axis=1) / _MEDIAN_OF_EXP
 
 
-def _prepare(patches: np.ndarray) -> np.ndarray:
-    """Mean-subtract and window a batch of square patches ``(..., n, n)``."""
+def _prepare(patches: np.ndarray, taper: float = 1.0) -> np.ndarray:
+    """Mean-subtract and window (:func:`tukey2d`) a batch of square patches ``(..., n, n)``."""
     p = patches.astype(np.float32, copy=True)
     p -= p.mean(axis=(-2, -1), dtype=np.float32, keepdims=True)
-    p *= hann2d(p.shape[-1])
+    p *= tukey2d(p.shape[-1], taper)
     return p
 
 
@@ -148,7 +174,7 @@ class Target:
 
 
 def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0,
-                weighted: bool = False) -> Target:
+                weighted: bool = False, taper: float = 1.0) -> Target:
     """Prepare target patches ``(m, n, n)`` (or one ``(n, n)``) for :func:`correlate`.
 
     Parameters
@@ -160,6 +186,8 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0,
     weighted : bool
         Weight the frequencies by their expected signal-to-noise (the module docstring);
         else plain whitening.
+    taper : float
+        The window of the target patches (:func:`tukey2d`): 1, a Hann window.
 
     Returns
     -------
@@ -171,7 +199,7 @@ def make_target(patches: np.ndarray, *, peak_sigma: float = 1.0,
     if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
         raise ValueError(f"patches must be square, (m, n, n); got shape {patches.shape}")
     n = patches.shape[-1]
-    spec = rfft2(_prepare(patches))
+    spec = rfft2(_prepare(patches, taper))
     power = None
     if weighted:
         floor = noise_floor(spec)
@@ -220,6 +248,7 @@ def correlate(
     *,
     index: np.ndarray | None = None,
     max_shift: float | None = None,
+    taper: float = 1.0,
 ) -> Shifts:
     """Measure the shift of each patch against its target.
 
@@ -233,6 +262,8 @@ def correlate(
         ``(k,)`` target index of each patch; default ``arange(k)``.
     max_shift : float, optional
         Search radius in pixels; default ``n // 2 - 2``.
+    taper : float
+        The patches' window (:func:`tukey2d`; the target's is its own).
 
     Returns
     -------
@@ -245,7 +276,7 @@ def correlate(
     if patches.shape[1:] != (n, n):
         raise ValueError(f"patches must be (k, {n}, {n}) to match the target, got {patches.shape}")
     idx = np.arange(k) if index is None else np.asarray(index)
-    spec = rfft2(_prepare(patches))
+    spec = rfft2(_prepare(patches, taper))
     return correlate_spectra(spec, target, index=idx, max_shift=max_shift)
 
 

@@ -31,6 +31,11 @@ from live_stack.quality import Ranking, box_quality
 QUALITY_CHUNK = 256
 
 
+#: The window of the wide measuring box (:func:`make_wide_targets`), frame's and
+#: reference's: a Tukey window tapered over this share of the side (a Hann window, 1,
+#: would leave a seventh of the box's pixels any weight).
+WIDE_TAPER = 0.3
+
 #: Ways an untrusted local shift is replaced (``LocalParams.fallback``).
 FALLBACKS = ("neighbours", "global")
 
@@ -46,6 +51,8 @@ class LocalParams:
     outlier: float = 3.0  # px: shifts further than this from their neighbours' median are left out
     min_neighbours: int = 3  # the outlier test needs at least this many neighbouring APs
     fallback: str = "neighbours"  # an untrusted shift becomes: "neighbours" or "global"
+    wide_margin: int = 0  # px each side of a wider box weak peaks are measured on again (0: off)
+    wide_below: float = 8.0  # peaks under this many noise std devs are measured on the wide box
 
     def __post_init__(self) -> None:
         if not 0.3 <= self.peak_sigma <= 5.0:
@@ -58,6 +65,10 @@ class LocalParams:
             raise ValueError(f"local_outlier must be > 0 pixels, got {self.outlier}")
         if self.min_neighbours < 1:
             raise ValueError(f"local_min_neighbours must be >= 1, got {self.min_neighbours}")
+        if not 0 <= self.wide_margin <= 256:
+            raise ValueError(f"local_wide_margin must be 0..256 pixels, got {self.wide_margin}")
+        if not 0.0 <= self.wide_below <= 100.0:  # NaN too
+            raise ValueError(f"local_wide_below must be 0..100, got {self.wide_below}")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"local_fallback must be one of {FALLBACKS}, got "
                              f"{self.fallback!r}")
@@ -173,6 +184,36 @@ def make_ap_targets(reference: np.ndarray, grid: APGrid, params: LocalParams) ->
     """Prepare the reference patch of every AP for correlation (computed once, reused)."""
     patches = extract(reference, grid.centres, grid.fft_size)
     return make_target(patches, peak_sigma=params.peak_sigma, weighted=params.snr_weights)
+
+
+def wide_size(grid: APGrid, params: LocalParams) -> int:
+    """Side of the wide measuring box (:func:`make_wide_targets`); 0: none."""
+    return grid.fft_size + 2 * params.wide_margin if params.wide_margin else 0
+
+
+def make_wide_targets(reference: np.ndarray, grid: APGrid,
+                      params: LocalParams) -> tuple[Target, np.ndarray] | None:
+    """The reference's wide measuring box of every AP, prepared for correlation, and
+    which APs have one (their box lies wholly inside the reference); None when
+    ``params.wide_margin`` is 0 or no AP's does.
+
+    A peak weak against the noise (a faint, low-contrast patch) is measured again on a
+    box ``wide_margin`` pixels wider on each side than the stacked patch, both boxes
+    windowed (:data:`WIDE_TAPER`): more pixels of the same structure, so a higher peak
+    and a more precise shift, at the cost of one more, larger transform for those pairs
+    only (and of the wide targets' memory).
+    """
+    size = wide_size(grid, params)
+    if not size or not len(grid):
+        return None
+    fits = inside(grid.centres, size, reference.shape)
+    if not fits.any():
+        return None
+    half = size // 2
+    padded = np.pad(reference, half, mode="reflect")  # the APs without a box: unused
+    patches = extract(padded, grid.centres + half, size)
+    return make_target(patches, peak_sigma=params.peak_sigma, weighted=params.snr_weights,
+                       taper=WIDE_TAPER), fits
 
 
 def extract(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:

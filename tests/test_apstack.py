@@ -92,6 +92,7 @@ def test_outliers_and_weak_patches_fall_back(moon, shifted_view, ap_setup) -> No
     cy, cx = grid.centres[noisy]
     box = (slice(cy - half, cy + half), slice(cx - half, cx + half))
     frame[box] = np.random.default_rng(3).normal(0.5, 0.1, frame[box].shape)
+    # measured on their own patches only (the default: no wide box for weak peaks)
     engine = measured(ref, grid, frame)
     # not trusted: they fall back to their neighbours' shift, and are stacked all the same
     assert engine.fell[0, odd] and engine.fell[0, noisy]
@@ -101,10 +102,69 @@ def test_outliers_and_weak_patches_fall_back(moon, shifted_view, ap_setup) -> No
     others = np.ones(len(grid), bool)
     others[[odd, noisy]] = False
     assert (~engine.fell[0, others & engine.measured[0]]).mean() > 0.9
+    # with a wide box for weak peaks, the noisy AP's is measured again on one that
+    # reaches the structure around the cloud: the shift there, trusted
+    wide = measured(ref, grid, frame, local=LocalParams(wide_margin=24))
+    assert not wide.fell[0, noisy] and wide.fell[0, odd]
+    assert wide.dy[0, noisy] == pytest.approx(1.3, abs=LOCAL_TOL)
+    assert wide.dx[0, noisy] == pytest.approx(-0.6, abs=LOCAL_TOL)
+    assert wide.tally.widened >= 1
     # a looser outlier threshold keeps the displaced AP's own shift
     loose = measured(ref, grid, frame, local=LocalParams(outlier=8.0))
     assert not loose.fell[0, odd]
     assert loose.dy[0, odd] == pytest.approx(6.3, abs=0.5)
+
+
+#: The faint, low-contrast case of issue 13's test: a mare (about 4 % contrast) at this
+#: many electrons at full brightness, the frames blurred more than the reference (px),
+#: moved by a known shift.
+FAINT_ELECTRONS = 1000.0
+FAINT_BLUR = 1.5
+FAINT_SHIFT = (1.3, -0.7)
+
+
+def test_a_known_shift_in_faint_low_contrast_patches_is_recovered(scene_canvas) -> None:
+    """Where the correlation of commit 9b08467 (plain whitening, a peak of strength under
+    0.15 left out) rejects a faint patch's shift, the wide measuring box recovers it to
+    0.2 px (median; measured 0.14 px, and 0.41 px on the stacked patch alone)."""
+    import cv2
+    from scipy import fft as sfft
+
+    from live_stack.correlate import correlate_spectra, make_target
+    from live_stack.local import extract
+
+    canvas = np.ascontiguousarray(scene_canvas("mare", 600, 600), dtype=np.float32)
+    rng = np.random.default_rng(4)
+    sharp = cv2.GaussianBlur(canvas, (0, 0), 1.0)
+    ref = (rng.poisson(sharp * FAINT_ELECTRONS * 30) / (FAINT_ELECTRONS * 30)).astype(np.float32)
+    moved = cv2.warpAffine(canvas, np.float32([[1, 0, FAINT_SHIFT[1]], [0, 1, FAINT_SHIFT[0]]]),
+                           canvas.shape[::-1], flags=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(moved, (0, 0), FAINT_BLUR)
+    frames = [(rng.poisson(blurred * FAINT_ELECTRONS) / FAINT_ELECTRONS).astype(np.float32)
+              for _ in range(4)]
+    grid = lay_grid(ref, APParams())
+    n = len(frames)
+    # what 9b08467's test rejected
+    old = make_target(extract(ref, grid.centres, grid.fft_size), peak_sigma=1.2)
+    rejected = np.stack([correlate_spectra(
+        sfft.rfft2(extract(f, grid.centres, grid.fft_size)).astype(np.complex64), old,
+        max_shift=grid.search).strength < 0.15 for f in frames])
+    assert rejected.mean() > 0.15  # a real share of the shifts
+
+    def errors(local: LocalParams) -> tuple[np.ndarray, APStack]:
+        engine = APStack(grid, ref, frames, shape=frames[0].shape, slots=n, local=local)
+        engine.place(np.arange(n), np.zeros((n, 2)), np.zeros((n, len(grid))))
+        engine.select((n,))
+        engine.sync()
+        assert engine.measured.all()
+        return np.hypot(engine.dy - FAINT_SHIFT[0], engine.dx - FAINT_SHIFT[1]), engine
+
+    wide, engine = errors(LocalParams(wide_margin=40))
+    narrow, _ = errors(LocalParams())
+    assert np.median(wide[rejected]) < 0.2
+    assert np.median(narrow[rejected]) > 0.3  # the stacked patch alone does not get there
+    assert np.mean(~engine.fell[rejected]) > 0.9  # and the recovered shifts are trusted
+    assert engine.tally.widened > 0
 
 
 def test_a_frame_with_no_ap_inside_is_selected_nowhere(ap_setup) -> None:
