@@ -24,7 +24,7 @@ class APParams:
     """Parameters of the AP grid (CLI/config prefix ``ap_``)."""
 
     size: int = 64  # side of an AP's box in pixels (the patch that is stacked), even
-    step: int = 0  # distance between neighbouring APs; 0 = three quarters of the size
+    step: int = 0  # largest distance between neighbouring APs; 0 = three quarters of the size
     search: int = 8  # largest local shift, in pixels, measured around each AP
     min_brightness: float = 0.1  # drop APs with under 16 pixels at this share of the bright end
     min_structure: float = 0.02  # drop APs with less structure than this share of the 90th pct
@@ -43,11 +43,14 @@ class APParams:
 
     @property
     def spacing(self) -> int:
-        """The step actually used: three quarters of the box by default.
+        """The largest step between neighbouring APs: three quarters of the box by
+        default.
 
-        Neighbouring boxes then overlap by a quarter; the blending weights ramp over
-        exactly that overlap and add up to 1 (see :func:`live_stack.stack.bump`), so no
-        pixel of the AP area takes any of the blurrier reference.
+        The grid spaces its APs evenly, at most this far apart, from one end of the area
+        to the other (:func:`lay_grid`); neighbouring boxes then overlap by at least a
+        quarter, the blending weights ramp over exactly each axis's overlap and add up to
+        1 (see :func:`live_stack.stack.bump`), so no pixel of the AP area takes any of
+        the blurrier reference.
         """
         return self.step or max(4, (self.size * 3) // 4)
 
