@@ -103,12 +103,15 @@ def gaussian_lowpass(size: int, sigma: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _noise_band(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the half-spectrum's noise band (see NOISE_BAND)."""
+def _noise_band(size: int) -> tuple[slice, slice]:
+    """Rows and columns of the half-spectrum's noise band (see NOISE_BAND): one block,
+    the frequencies of at least NOISE_BAND cycles per pixel being contiguous in both."""
     fy = np.abs(np.fft.fftfreq(size))
     fx = np.fft.rfftfreq(size)
     rows, cols = np.flatnonzero(fy >= NOISE_BAND), np.flatnonzero(fx >= NOISE_BAND)
-    return rows, cols
+    if not len(rows) or not len(cols):
+        return slice(0, 0), slice(0, 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 @lru_cache(maxsize=16)
@@ -120,15 +123,17 @@ def _mirror(size: int) -> np.ndarray:
     return w
 
 
-def noise_floor(spectra: np.ndarray) -> np.ndarray:
+def noise_floor(spectra: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray:
     """White-noise power per frequency of half-spectra ``(k, n, n // 2 + 1)``: ``(k,)``.
 
     The mean power of the noise, from the median power in the spectrum's corner (see
-    :data:`NOISE_BAND`).
+    :data:`NOISE_BAND`). ``magnitude``, the spectra's ``abs`` if the caller has it,
+    saves taking it again.
     """
     rows, cols = _noise_band(spectra.shape[-2])
-    corner = spectra[:, rows[:, None], cols[None, :]].reshape(len(spectra), -1)
-    power = corner.real**2 + corner.imag**2
+    corner = (np.abs(spectra[:, rows, cols]) if magnitude is None
+              else magnitude[:, rows, cols])
+    power = np.square(corner, dtype=np.float64).reshape(len(spectra), -1)
     return np.median(power, axis=1) / _MEDIAN_OF_EXP
 
 
@@ -317,10 +322,10 @@ def correlate_spectra(
     weights = None if target.power is None else _snr_weights(spec, inv, target, idx)
     inv += _EPS
     np.reciprocal(inv, out=inv)
+    if weights is not None:
+        inv *= weights  # one pass over the complex array instead of two
     cross *= inv
     cross[:, 0, 0] = 0.0
-    if weights is not None:
-        cross *= weights
     limit = n // 2 - 2 if max_shift is None else int(np.ceil(max_shift)) + 1
     limit = max(1, min(limit, n // 2 - 2))
     # the search window around zero shift, with a one-pixel rim for the sub-pixel fit
@@ -372,7 +377,7 @@ def _snr_weights(spec: np.ndarray, mag: np.ndarray, target: Target,
     power shape scaled to the patch's signal power (its power above the floor, summed).
     """
     n = target.size
-    floor = noise_floor(spec)
+    floor = noise_floor(spec, mag)
     mirror = _mirror(n)
     power = np.square(mag).sum(axis=1, dtype=np.float64) @ mirror.astype(np.float64)
     power -= mag[:, 0, 0].astype(np.float64) ** 2  # the mean is no signal for the shift
