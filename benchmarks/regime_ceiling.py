@@ -47,7 +47,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import DONE_NAME, SEED, print_header
+from _common import SEED, print_header
 from regime_matrix import (
     D_R0,
     DEFAULT_CACHE,
@@ -57,6 +57,7 @@ from regime_matrix import (
     TARGET_OVER_MEAN_DB,
     Cell,
     best_mean,
+    cached,
     cell_scene,
     measure,
 )
@@ -152,9 +153,10 @@ def main() -> int:
     for scene in args.scenes:
         for d_r0 in args.d_r0:
             cells = [Cell(scene, s, d_r0, args.frames) for s in args.signals]
-            missing = [c.name for c in cells if not (cache / c.name / DONE_NAME).is_file()]
+            missing = [c.name for c in cells if not cached(cache / c.name)]
             if missing:
-                sys.exit(f"not in {cache}: {', '.join(missing)} (run regime_matrix.py first)")
+                sys.exit(f"not in {cache}, or of an older version: {', '.join(missing)} "
+                         "(run regime_matrix.py first)")
             clean, motions, tents = truth_frames(scene, d_r0, args.frames, args.size)
             quality = sharpness(dewarp(clean, motions, tents), tents)
             del clean

@@ -69,6 +69,9 @@ SIXTEEN_BIT_FROM = 10000
 STACK_SHARE = 0.10
 #: The long capture: scene, signal and D/r0.
 LONG_CELL = ("planet", 2000, 5)
+#: Version of the captures: a cached capture of another version (or of none, written
+#: before the physical model's image motion became a smooth field) is rendered again.
+CAPTURE_VERSION = 2
 #: Default cache folder and PSS interpreter.
 DEFAULT_CACHE = "/work/cache/regime"
 DEFAULT_PSS = "/work/pss-venv/bin/python"
@@ -90,6 +93,15 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.scene}-e{self.signal}-d{self.d_r0:g}-n{self.frames}"
+
+
+def cached(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole capture of this :data:`CAPTURE_VERSION`."""
+    try:
+        done = json.loads((folder / DONE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(done, dict) and done.get("version") == CAPTURE_VERSION
 
 
 def cell_scene(scene: str, d_r0: float, frames: int, size: int) -> tuple:
@@ -114,7 +126,7 @@ def captures(cache: Path, scene: str, d_r0: float, signals: list[int], frames: i
     from live_stack.simulate.turbulence import TurbulenceParams, expose, render_physical
 
     folders = {s: cache / Cell(scene, s, d_r0, frames).name for s in signals}
-    todo = [s for s, f in folders.items() if not (f / DONE_NAME).is_file()]
+    todo = [s for s, f in folders.items() if not cached(f)]
     if not todo:
         return folders
     print(f"(rendering {frames} {size}x{size} {scene} frames at D/r0 {d_r0:g} for "
@@ -143,7 +155,8 @@ def captures(cache: Path, scene: str, d_r0: float, signals: list[int], frames: i
             w.close()
     for s in todo:
         write_image(folders[s] / "truth.tif", truth)
-        (folders[s] / DONE_NAME).write_text(json.dumps({"scene": scene, "signal": s,
+        (folders[s] / DONE_NAME).write_text(json.dumps({"version": CAPTURE_VERSION,
+                                                        "scene": scene, "signal": s,
                                                         "d_r0": d_r0, "frames": frames}))
     print(f"(rendered in {time.perf_counter() - t0:.0f} s)", flush=True)
     return folders
