@@ -65,7 +65,8 @@ class LocalParams:
             raise ValueError(f"local_outlier must be > 0 pixels, got {self.outlier}")
         if self.min_neighbours < 1:
             raise ValueError(f"local_min_neighbours must be >= 1, got {self.min_neighbours}")
-        if not 0 <= self.wide_margin <= 256:
+        if isinstance(self.wide_margin, bool) or not isinstance(self.wide_margin, int) \
+                or not 0 <= self.wide_margin <= 256:
             raise ValueError(f"local_wide_margin must be 0..256 pixels, got {self.wide_margin}")
         if not 0.0 <= self.wide_below <= 100.0:  # NaN too
             raise ValueError(f"local_wide_below must be 0..100, got {self.wide_below}")

@@ -115,11 +115,27 @@ def build(cls: type, prefix: str, given: Mapping[str, Any], config: Mapping[str,
         if given.get(key) is not None:
             values[f.name] = given[key]
         elif key in config:
-            values[f.name] = config[key]
+            values[f.name] = _checked(key, config[key], _scalar_type(cls, f.name))
     try:
         return cls(**values)
     except TypeError as exc:
         raise ValueError(f"bad value for a {prefix} option: {exc}") from None
+
+
+#: What a config value of each scalar field type must be, for the error naming it.
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def _checked(key: str, value: Any, kind: type) -> Any:
+    """A config value of a field of scalar type ``kind``, or a ValueError naming ``key``
+    (TOML has types: ``"64"`` or ``64.5`` for a whole number is a mistake to report, not
+    to pass on to the algorithm). Text fields are checked by the dataclass."""
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool)}.get(kind)
+    if ok is not None and not ok(value):
+        raise ValueError(f"{key} must be {_KINDS[kind]}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 def load_config(path: str | Path, *, known: set[str]) -> dict[str, Any]:

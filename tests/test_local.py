@@ -147,6 +147,9 @@ def test_extract_and_inside() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"peak_sigma": 0.1}, "local_peak_sigma"), ({"min_strength": 1.0}, "local_min_strength"),
     ({"outlier": 0.0}, "local_outlier"), ({"min_neighbours": 0}, "local_min_neighbours"),
+    ({"wide_margin": -1}, "local_wide_margin"), ({"wide_margin": 2.5}, "local_wide_margin"),
+    ({"wide_margin": True}, "local_wide_margin"),
+    ({"wide_below": float("nan")}, "local_wide_below"),
 ])
 def test_params_validation_names_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=field):

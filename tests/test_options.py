@@ -83,6 +83,24 @@ def test_build_errors_name_the_problem() -> None:
         build(APParams, "ap", {}, {"ap_size": "big"})  # wrong type from a config file
 
 
+@pytest.mark.parametrize(("key", "value", "kind"), [
+    ("ap_size", "64", "whole number"), ("ap_size", 64.5, "whole number"),
+    ("ap_size", True, "whole number"), ("local_min_snr", "x", "number"),
+    ("local_min_snr", False, "number"), ("local_snr_weights", 1, "true or false"),
+])
+def test_config_values_of_the_wrong_type_are_named(key, value, kind) -> None:
+    """A TOML value of the wrong type is refused naming its key and what it must be,
+    not passed on (``wide_margin = 2.5`` once reached numpy as a TypeError)."""
+    from live_stack.local import LocalParams
+
+    cls, prefix = (APParams, "ap") if key.startswith("ap_") else (LocalParams, "local")
+    with pytest.raises(ValueError, match=f"{key} must be") as err:
+        build(cls, prefix, {}, {key: value})
+    assert kind in str(err.value)
+    assert build(cls, prefix, {}, {}) == cls()  # an int where a float goes is fine
+    assert build(LocalParams, "local", {}, {"local_min_snr": 4}).min_snr == 4.0
+
+
 def test_load_config_flattens_tables(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('stack = ["5%", "10%"]\ndemo_share = 0.75\n[demo]\nsize = 16\n')
