@@ -357,10 +357,10 @@ def correlate_spectra(
         # longer needed and takes them
         weights *= target.lowpass
         weights[:, 0, 0] = 0.0
-        mirror = _mirror(n).astype(np.float64)
-        total = weights.sum(axis=1, dtype=np.float64) @ mirror
+        mirror = _mirror(n)
+        total = (weights @ mirror).sum(axis=1, dtype=np.float64)
         np.square(weights, out=weights)
-        spread = np.sqrt(weights.sum(axis=1, dtype=np.float64) @ mirror)
+        spread = np.sqrt((weights @ mirror).sum(axis=1, dtype=np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):
             strength = np.where(total > 0, peak * n2 / total, 0.0)
             snr = np.where(spread > 0, peak * n2 / spread, 0.0)
@@ -379,7 +379,9 @@ def _snr_weights(spec: np.ndarray, mag: np.ndarray, target: Target,
     n = target.size
     floor = noise_floor(spec, mag)
     mirror = _mirror(n)
-    power = np.square(mag).sum(axis=1, dtype=np.float64) @ mirror.astype(np.float64)
+    # sums over the whole spectrum: the half-spectrum's columns weighted (a matrix-vector
+    # product per row, in float32), then its rows added in float64
+    power = (np.square(mag) @ mirror).sum(axis=1, dtype=np.float64)
     power -= mag[:, 0, 0].astype(np.float64) ** 2  # the mean is no signal for the shift
     count = n * n - 1
     signal = np.maximum(power - count * floor, 0.0)  # the patch's summed signal power
