@@ -395,8 +395,8 @@ class IndiSource:
                     delay = self._backoff.next()
                     log.warning("the INDI server lists no %s (devices: %s); reconnecting in "
                                 "%.1f s", wanted, listed, delay)
-                    # A server restarted a moment ago may have taken the connection before
-                    # its drivers were up; a new connection asks for every property again.
+                    # A new connection (with a new client, see indi_link) asks for every
+                    # property again, in case the server had not loaded its drivers yet.
                     self.link.disconnect()
                     self._pause(delay)
                     continue

@@ -13,9 +13,18 @@ PyIndi quirks handled here:
   *uncompressed* size, past the end of the received data; for those the bytes are read
   with ``getBlobAsString()`` (SWIG decodes them with ``surrogateescape``, so encoding
   them back gives the exact bytes).
-- After ``serverDisconnected`` the client still believes it is connected:
-  ``disconnectServer()`` must be called before ``connectServer()`` works again.
-- The client object must stay referenced for as long as INDI's thread may call it.
+- A ``BaseClient``'s XML parser lives as long as the client and is never reset, not
+  even by ``connectServer()``. A connection that drops in the middle of a message (an
+  indiserver killed while sending a BLOB) leaves that message's start in the parser,
+  and everything a later connection of the same client receives is taken as the rest
+  of it: no message is dispatched again, so the client never sees a device again. Each
+  connection therefore gets a client of its own (:class:`_Connection`); the link keeps
+  the recorded state across them.
+- After ``serverDisconnected`` the client still believes it is connected: it is sent
+  ``disconnectServer()`` all the same before a new client takes over.
+- A client object must stay referenced for as long as INDI's thread may call it: the
+  last few replaced ones are kept, and a client refers to the link only weakly (so no
+  reference cycle leaves its destruction to the garbage collector, on any thread).
 - BLOBs must be enabled per connection with ``setBLOBMode``.
 """
 
@@ -24,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +55,9 @@ STATE_NAMES = {
 
 #: Microseconds per second, for ``setConnectionTimeout``.
 _USEC = 1_000_000
+#: Replaced clients kept referenced (see the module's notes): a client is destroyed only
+#: after this many later connection attempts, long after its thread has ended.
+RETIRED_CLIENTS = 2
 
 
 @dataclass(frozen=True)
@@ -92,8 +105,54 @@ def _blob_bytes(widget: Any) -> bytes | bytearray:
     return widget.getBlobAsString().encode("utf-8", "surrogateescape")
 
 
-class IndiLink(PyIndi.BaseClient):
-    """A PyIndi client that records devices, properties and BLOBs for another thread.
+class _Connection(PyIndi.BaseClient):
+    """The PyIndi client of one server connection: hands its callbacks to the link.
+
+    Called on INDI's thread; the link ignores the callbacks of a client it has replaced.
+    """
+
+    def __init__(self, link: IndiLink) -> None:
+        super().__init__()
+        self._link = weakref.ref(link)
+
+    def _call(self, name: str, *args: Any) -> None:
+        try:
+            link = self._link()
+            if link is not None:
+                getattr(link, name)(self, *args)
+        except Exception:  # pragma: no cover - never let an exception reach C++
+            log.exception("INDI %s callback failed", name)
+
+    def newDevice(self, device: Any) -> None:  # noqa: N802 - PyIndi's name
+        self._call("_new_device", device)
+
+    def removeDevice(self, device: Any) -> None:  # noqa: N802
+        self._call("_remove_device", device)
+
+    def newProperty(self, prop: Any) -> None:  # noqa: N802
+        self._call("_record", prop, True)
+
+    def updateProperty(self, prop: Any) -> None:  # noqa: N802
+        self._call("_update_property", prop)
+
+    def removeProperty(self, prop: Any) -> None:  # noqa: N802
+        self._call("_remove_property", prop)
+
+    def serverConnected(self) -> None:  # noqa: N802
+        self._call("_server_connected")
+
+    def serverDisconnected(self, exit_code: int) -> None:  # noqa: N802
+        self._call("_server_disconnected")
+
+    def newMessage(self, device: Any, message_id: int) -> None:  # noqa: N802
+        self._call("_new_message", device, message_id)
+
+
+class IndiLink:
+    """An INDI client that records devices, properties and BLOBs for another thread.
+
+    Each connection to the server is made by a new PyIndi client (see the module's
+    notes); what they record is kept here.
 
     Parameters
     ----------
@@ -107,12 +166,14 @@ class IndiLink(PyIndi.BaseClient):
     """
 
     def __init__(self, host: str, port: int, *, queue_size: int, connect_timeout: float) -> None:
-        super().__init__()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
-        self.setServer(host, int(port))
+        self._host = host
+        self._port = int(port)
         seconds = int(connect_timeout)
-        self.setConnectionTimeout(seconds, int((connect_timeout - seconds) * _USEC))
+        self._timeout = (seconds, int((connect_timeout - seconds) * _USEC))
+        self._client: _Connection | None = None  # the current connection's client
+        self._retired: deque[_Connection] = deque(maxlen=RETIRED_CLIENTS)
         self.cond = threading.Condition()
         self._queue_size = queue_size
         self._blobs: deque[ReceivedBlob] = deque()
@@ -133,7 +194,9 @@ class IndiLink(PyIndi.BaseClient):
         #: the last message a device sent, for diagnostics
         self.last_message = ""
 
-    # --- callbacks (INDI's thread): record, notify, never raise -------------------------
+    # --- callbacks (INDI's thread, through _Connection): record, notify ----------------
+    # Each takes the client it came from first and, with ``cond`` held, ignores it unless
+    # that is the current one. Exceptions are caught and logged by _Connection.
 
     def _changed(self, *, definition: bool = False) -> None:
         """Bump the counters and wake waiters; call with ``cond`` held."""
@@ -142,88 +205,70 @@ class IndiLink(PyIndi.BaseClient):
             self.definitions += 1
         self.cond.notify_all()
 
-    def newDevice(self, device: Any) -> None:  # noqa: N802 - PyIndi's name
-        try:
-            with self.cond:
-                self._devices[device.getDeviceName()] = None
+    def _new_device(self, client: _Connection, device: Any) -> None:
+        name = device.getDeviceName()
+        with self.cond:
+            if client is self._client:
+                self._devices[name] = None
                 self._changed(definition=True)
-        except Exception:  # pragma: no cover - never let an exception reach C++
-            log.exception("INDI newDevice callback failed")
 
-    def removeDevice(self, device: Any) -> None:  # noqa: N802
-        try:
-            name = device.getDeviceName()
-            with self.cond:
+    def _remove_device(self, client: _Connection, device: Any) -> None:
+        name = device.getDeviceName()
+        with self.cond:
+            if client is self._client:
                 self._devices.pop(name, None)
                 for key in [k for k in self._props if k[0] == name]:
                     del self._props[key]
                 self._changed(definition=True)
-        except Exception:  # pragma: no cover
-            log.exception("INDI removeDevice callback failed")
 
-    def newProperty(self, prop: Any) -> None:  # noqa: N802
-        self._record(prop, definition=True)
+    def _update_property(self, client: _Connection, prop: Any) -> None:
+        if prop.getType() == PyIndi.INDI_BLOB:
+            self._take_blob(client, prop)
+        else:
+            self._record(client, prop, False)
 
-    def updateProperty(self, prop: Any) -> None:  # noqa: N802
-        try:
-            if prop.getType() == PyIndi.INDI_BLOB:
-                self._take_blob(prop)
-                return
-        except Exception:  # pragma: no cover
-            log.exception("INDI BLOB callback failed")
-            return
-        self._record(prop, definition=False)
-
-    def removeProperty(self, prop: Any) -> None:  # noqa: N802
-        try:
-            key = (prop.getDeviceName(), prop.getName())
-            with self.cond:
+    def _remove_property(self, client: _Connection, prop: Any) -> None:
+        key = (prop.getDeviceName(), prop.getName())
+        with self.cond:
+            if client is self._client:
                 self._props.pop(key, None)
                 self._changed(definition=True)
-        except Exception:  # pragma: no cover
-            log.exception("INDI removeProperty callback failed")
 
-    def serverConnected(self) -> None:  # noqa: N802
-        try:
-            with self.cond:
+    def _server_connected(self, client: _Connection) -> None:
+        with self.cond:
+            if client is self._client:
                 self._server_up = True
                 self._changed()
-        except Exception:  # pragma: no cover
-            log.exception("INDI serverConnected callback failed")
 
-    def serverDisconnected(self, exit_code: int) -> None:  # noqa: N802
-        try:
-            with self.cond:
-                self._server_up = False
-                if not self._closing:
-                    self.server_losses += 1
-                self._devices.clear()
-                self._props.clear()
-                self._changed(definition=True)
-        except Exception:  # pragma: no cover
-            log.exception("INDI serverDisconnected callback failed")
+    def _server_disconnected(self, client: _Connection) -> None:
+        with self.cond:
+            if client is not self._client:
+                return
+            self._server_up = False
+            if not self._closing:
+                self.server_losses += 1
+            self._devices.clear()
+            self._props.clear()
+            self._changed(definition=True)
 
-    def newMessage(self, device: Any, message_id: int) -> None:  # noqa: N802
-        try:
-            text = device.messageQueue(message_id)
-            self.last_message = f"{device.getDeviceName()}: {text}"
-            log.debug("INDI message from %s", self.last_message)
-        except Exception:  # pragma: no cover
-            log.exception("INDI newMessage callback failed")
+    def _new_message(self, client: _Connection, device: Any, message_id: int) -> None:
+        if client is not self._client:
+            return
+        text = device.messageQueue(message_id)
+        self.last_message = f"{device.getDeviceName()}: {text}"
+        log.debug("INDI message from %s", self.last_message)
 
-    def _record(self, prop: Any, *, definition: bool) -> None:
-        try:
-            key = (prop.getDeviceName(), prop.getName())
-            with self.cond:
+    def _record(self, client: _Connection, prop: Any, definition: bool) -> None:
+        key = (prop.getDeviceName(), prop.getName())
+        with self.cond:
+            if client is self._client:
                 self._props[key] = _snapshot(prop, self.revision + 1)
                 self._changed(definition=definition)
-        except Exception:  # pragma: no cover
-            log.exception("INDI property callback failed")
 
-    def _take_blob(self, prop: Any) -> None:
+    def _take_blob(self, client: _Connection, prop: Any) -> None:
         arrival = time.time()
         key = (prop.getDeviceName(), prop.getName())
-        if key != self._blob_filter:
+        if key != self._blob_filter or client is not self._client:
             return
         for widget in PyIndi.PropertyBlob(prop):
             if widget.getBlobLen() <= 0:
@@ -250,17 +295,37 @@ class IndiLink(PyIndi.BaseClient):
             return self._server_up
 
     def connect(self) -> bool:
-        """(Re)connect to the server; False if it cannot be reached now."""
-        if self.isServerConnected():
-            self.disconnect()  # clears the stale state left by a lost connection
-        return bool(self.connectServer())
+        """(Re)connect to the server with a new client; False if it cannot be reached now.
+
+        Never reuses the previous connection's client: its XML parser may hold half a
+        message (see the module's notes).
+        """
+        if self._client is not None and self._client.isServerConnected():
+            self.disconnect()  # also after a lost connection (see the module's notes)
+        client = _Connection(self)
+        client.setServer(self._host, self._port)
+        client.setConnectionTimeout(*self._timeout)
+        previous = self._client
+        with self.cond:  # from now on the previous client's callbacks are ignored
+            self._client = client
+            self._server_up = False
+            self._devices.clear()
+            self._props.clear()
+            self._changed(definition=True)
+        if previous is not None:
+            # Drops (destroys) the oldest one, outside the lock: its destructor joins its
+            # thread, which ended attempts ago.
+            self._retired.append(previous)
+        return bool(client.connectServer())
 
     def disconnect(self) -> None:
         """Disconnect from the server (not counted as a loss)."""
+        client = self._client
         with self.cond:
             self._closing = True
         try:
-            self.disconnectServer()
+            if client is not None:
+                client.disconnectServer()
         finally:
             with self.cond:
                 self._closing = False
@@ -302,7 +367,8 @@ class IndiLink(PyIndi.BaseClient):
         """Receive the BLOBs of ``device``'s property ``name`` (alongside other updates)."""
         with self.cond:
             self._blob_filter = (device, name)
-        self.setBLOBMode(PyIndi.B_ALSO, device, name)
+        if self._client is not None:
+            self._client.setBLOBMode(PyIndi.B_ALSO, device, name)
 
     def set_numbers(self, device: str, name: str, values: Mapping[str, float]) -> bool:
         """Send new values for elements of a number property; False if it is undefined.
@@ -318,8 +384,7 @@ class IndiLink(PyIndi.BaseClient):
         for widget, (element, value) in zip(prop, values.items(), strict=True):
             widget.setName(element)
             widget.setValue(float(value))
-        self.sendNewNumber(prop)
-        return True
+        return self._send(lambda client: client.sendNewNumber(prop))
 
     def set_switch(self, device: str, name: str, element: str) -> bool:
         """Turn ``element`` of a switch property on, the others off; False if undefined."""
@@ -332,9 +397,16 @@ class IndiLink(PyIndi.BaseClient):
         for widget, other in zip(prop, snap.values, strict=True):
             widget.setName(other)
             widget.setState(PyIndi.ISS_ON if other == element else PyIndi.ISS_OFF)
-        self.sendNewSwitch(prop)
-        return True
+        return self._send(lambda client: client.sendNewSwitch(prop))
 
     def connect_device(self, device: str) -> None:
         """Ask the driver to connect ``device``."""
-        self.connectDevice(device)
+        self._send(lambda client: client.connectDevice(device))
+
+    def _send(self, send: Callable[[_Connection], Any]) -> bool:
+        """Send something through the current client; False if there is none."""
+        client = self._client
+        if client is None:
+            return False
+        send(client)
+        return True
