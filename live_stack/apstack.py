@@ -336,6 +336,18 @@ class APStack:
                  & (np.abs(found.dx) < grid.search))
         if found.snr is not None:
             moved &= found.snr >= local.min_snr
+        if self.wide is not None:  # where there is a wide box, measure on it (as weak peaks)
+            has = np.flatnonzero(self.wide[1])
+            wide_found = correlate(extract(reference, grid.centres[has], wide_size(grid, local)),
+                                   self.wide[0], index=has, max_shift=grid.search,
+                                   taper=WIDE_TAPER)
+            sure = ((np.abs(wide_found.dy) < grid.search) & (np.abs(wide_found.dx) < grid.search)
+                    & (wide_found.snr >= local.min_snr))
+            at = has[sure]
+            found = Shifts(dy=found.dy.copy(), dx=found.dx.copy(),
+                           strength=found.strength, snr=found.snr)
+            found.dy[at], found.dx[at] = wide_found.dy[sure], wide_found.dx[sure]
+            moved[at] = True
         targets.spectrum[~moved] = self.targets.spectrum[~moved]
         if targets.power is not None and self.targets.power is not None:
             targets.power[~moved] = self.targets.power[~moved]

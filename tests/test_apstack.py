@@ -186,11 +186,11 @@ def capture_setup(sim_capture):
     return cap, alignment, reference, grid, quality
 
 
-def engine_for(setup, *, sizes=1, split=None) -> APStack:
+def engine_for(setup, *, sizes=1, split=None, local=LocalParams()) -> APStack:
     cap, alignment, reference, grid, quality = setup
     n = len(cap.frames)
     engine = APStack(grid, reference.luminance, cap.frames, shape=cap.frames[0].shape,
-                     slots=n, sizes=sizes, split=split, tally=Tally())
+                     slots=n, sizes=sizes, split=split, tally=Tally(), local=local)
     engine.place(np.arange(n), alignment.shifts, quality)
     return engine
 
@@ -285,11 +285,14 @@ def test_the_sums_do_not_depend_on_the_threads(capture_setup) -> None:
     np.testing.assert_array_equal(one.sums[0].spectra, two.sums[0].spectra)
 
 
-def test_pairs_on_the_old_and_the_new_reference_sum_alike(capture_setup) -> None:
+@pytest.mark.parametrize("local", [LocalParams(), LocalParams(wide_margin=16, wide_below=100)],
+                         ids=["patch", "wide"])
+def test_pairs_on_the_old_and_the_new_reference_sum_alike(capture_setup, local) -> None:
     """A new reference that sits elsewhere: its offset is measured at every AP, so a stack
-    of pairs measured on either reference is as sharp as one all measured again."""
+    of pairs measured on either reference is as sharp as one all measured again; also
+    with every peak measured again on the wide box (whose targets follow the reference)."""
     cap, alignment, reference, grid, quality = capture_setup
-    engine = engine_for(capture_setup)
+    engine = engine_for(capture_setup, local=local)
     engine.select((30,))
     engine.sync()
     # the stack itself, moved by 1.5 px, as the new reference
@@ -303,6 +306,7 @@ def test_pairs_on_the_old_and_the_new_reference_sum_alike(capture_setup) -> None
     engine.sync()
     settled = score(engine.image(reference.image).image, cap.truth).psnr
     assert mixed > settled - 0.05, (mixed, settled)  # measured: 0.04 dB apart
+    assert (engine.tally.widened > 0) == (local.wide_margin > 0)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"sizes": 0}, "sizes")])
