@@ -4,19 +4,33 @@ APs sit on a regular grid inside the area every used frame covers. An AP is
 dropped when its box is dim (dark sky around a planet) or has too little structure in
 both directions to measure a shift (a flat mare, a featureless limb segment); its area
 is then filled by the globally aligned reference when the patches are blended.
+
+How far apart the APs are (``ap_step`` 0) follows from the frames' signal-to-noise. Where
+a single frame's detail in the AP boxes is at or below its noise (a low-contrast mare in
+poor light), the stack is limited by noise, not by blur: the grid is laid twice as
+dense, so that every pixel is blended from more overlapping AP stacks, each of its own
+best frames, and so from more distinct frames (:func:`detail_to_noise`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
+
+from live_stack.correlate import noise_floor
+from live_stack.fft import rfft2
 
 #: An AP is lit when at least this many pixels of its box reach the brightness threshold
 #: (a 4x4 area: a small moon beside a planet gets its AP, a hot pixel does not; the mean
 #: brightness of the box, the earlier test, dropped a 7-pixel moon as dim sky).
 MIN_LIT_PIXELS = 16
+
+#: The band of spatial frequencies (cycles per pixel) whose power is a box's detail in
+#: :func:`detail_to_noise`: above the box's slow shading, below the frequencies that seeing
+#: leaves to the noise alone.
+DETAIL_BAND = (0.03, 0.2)
 
 
 @dataclass(frozen=True)
@@ -24,10 +38,11 @@ class APParams:
     """Parameters of the AP grid (CLI/config prefix ``ap_``)."""
 
     size: int = 64  # side of an AP's box in pixels (the patch that is stacked), even
-    step: int = 0  # largest distance between neighbouring APs; 0 = three quarters of the size
+    step: int = 0  # largest distance between neighbouring APs; 0 = automatic (see dense_below)
     search: int = 8  # largest local shift, in pixels, measured around each AP
     min_brightness: float = 0.1  # drop APs with under 16 pixels at this share of the bright end
     min_structure: float = 0.02  # drop APs with less structure than this share of the 90th pct
+    dense_below: float = 2.0  # step 0: APs twice as dense under this detail-to-noise (0: never)
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 512 or self.size % 2:
@@ -40,6 +55,8 @@ class APParams:
             raise ValueError(f"ap_min_brightness must be in [0, 1), got {self.min_brightness}")
         if not 0.0 <= self.min_structure < 1.0:
             raise ValueError(f"ap_min_structure must be in [0, 1), got {self.min_structure}")
+        if not 0.0 <= self.dense_below <= 1000.0:  # NaN too
+            raise ValueError(f"ap_dense_below must be 0..1000, got {self.dense_below}")
 
     @property
     def spacing(self) -> int:
@@ -53,6 +70,14 @@ class APParams:
         the blurrier reference.
         """
         return self.step or max(4, (self.size * 3) // 4)
+
+    def spacing_at(self, detail: float) -> int:
+        """The step for frames whose detail is ``detail`` times their noise
+        (:func:`detail_to_noise`): :attr:`spacing`, or half of it (three eighths of the
+        box) when ``ap_step`` is 0 and ``detail`` is under ``ap_dense_below``."""
+        if self.step or not detail < self.dense_below:  # NaN: not measured
+            return self.spacing
+        return max(4, (self.size * 3) // 8)
 
     @property
     def fft_size(self) -> int:
@@ -85,6 +110,11 @@ class APGrid:
     steps : tuple of int
         ``(y, x)`` distance between neighbouring APs along each axis (0: as ``step``); the
         boxes' blending ramps span each axis's overlap.
+    detail : float
+        A frame's detail over its noise in the AP boxes (:func:`detail_to_noise`), which
+        chose the step; NaN where not measured.
+    dense : bool
+        Laid twice as dense as :attr:`APParams.spacing` for that reason.
     """
 
     centres: np.ndarray
@@ -96,6 +126,8 @@ class APGrid:
     neighbours: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), dtype=np.intp))
     step: int = 0
     steps: tuple[int, int] = (0, 0)
+    detail: float = float("nan")
+    dense: bool = False
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -138,6 +170,8 @@ def lay_grid(
     params: APParams = APParams(),
     *,
     box: tuple[int, int, int, int] | None = None,
+    frame: np.ndarray | None = None,
+    frame_shift: tuple[float, float] = (0.0, 0.0),
 ) -> APGrid:
     """Lay the AP grid on a reference image.
 
@@ -150,6 +184,13 @@ def lay_grid(
     box : tuple, optional
         ``(y0, x0, y1, x1)`` area the APs' patches (box plus search margin) must stay in;
         default the whole image.
+    frame : numpy.ndarray, optional
+        float32 luminance of one frame on the reference's scale (the best), whose noise
+        decides the step when ``params.step`` is 0 (:meth:`APParams.spacing_at`); without
+        it the step is :attr:`APParams.spacing`.
+    frame_shift : tuple
+        ``(dy, dx)`` global shift of ``frame``: the reference's point ``p`` is the frame's
+        ``p + frame_shift``.
 
     Returns
     -------
@@ -157,15 +198,30 @@ def lay_grid(
     """
     if reference.ndim != 2:
         raise ValueError(f"reference must be a 2-D luminance image, got shape {reference.shape}")
+    grid = _lay(reference, params, params.spacing, box)
+    if frame is None or params.step or not params.dense_below or not len(grid):
+        return grid
+    if frame.ndim != 2:
+        raise ValueError(f"frame must be a 2-D luminance image, got shape {frame.shape}")
+    detail = detail_to_noise(reference, frame, grid.centres, params.size,
+                             frame_shift=frame_shift)
+    step = params.spacing_at(detail)
+    if step == params.spacing:
+        return replace(grid, detail=detail)
+    return replace(_lay(reference, params, step, box), detail=detail, dense=True)
+
+
+def _lay(reference: np.ndarray, params: APParams, step: int,
+         box: tuple[int, int, int, int] | None) -> APGrid:
+    """The grid of APs at most ``step`` apart (see :func:`lay_grid`)."""
     h, w = reference.shape
     y0, x0, y1, x1 = box if box is not None else (0, 0, h, w)
     half = params.fft_size // 2
     lo_y, hi_y, lo_x, hi_x = y0 + half, y1 - half, x0 + half, x1 - half
     empty = APGrid(np.zeros((0, 2), dtype=np.intp), params.size, params.search, (h, w),
-                   step=params.spacing)
+                   step=step)
     if hi_y < lo_y or hi_x < lo_x:
         return empty
-    step = params.spacing
     ys = _axis(lo_y, hi_y, step)
     xs = _axis(lo_x, hi_x, step)
     # the spacing the boxes actually have along each axis (at most the step): their
@@ -223,3 +279,62 @@ def _axis(lo: int, hi: int, step: int) -> list[int]:
     gap = (hi - lo) // (count - 1)
     start = lo + ((hi - lo) - gap * (count - 1)) // 2
     return [start + k * gap for k in range(count)]
+
+
+def detail_to_noise(reference: np.ndarray, frame: np.ndarray, centres: np.ndarray,
+                    size: int, *, frame_shift: tuple[float, float] = (0.0, 0.0)) -> float:
+    """How far a single frame's detail stands above its noise in the AP boxes.
+
+    In each box (side ``size``, at ``centres``; the frame's at ``centres`` moved by the
+    whole-pixel ``frame_shift``), both windowed: the reference's power in
+    :data:`DETAIL_BAND` less its own noise, over the frame's white-noise power in the same
+    frequencies (both noise floors from the corner of the spectrum, see
+    :func:`live_stack.correlate.noise_floor`). The reference holds the frames' detail
+    with little of their noise, the frame the noise of one. Under about 1 the frames'
+    detail is buried in their noise.
+
+    Returns
+    -------
+    float
+        The median over the boxes lying wholly inside both images; NaN if none does.
+    """
+    if reference.ndim != 2 or frame.ndim != 2:
+        raise ValueError("reference and frame must be 2-D luminance images, got shapes "
+                         f"{reference.shape} and {frame.shape}")
+    centres = np.asarray(centres, dtype=np.intp).reshape(-1, 2)
+    moved = centres + np.rint(np.asarray(frame_shift, dtype=np.float64)).astype(np.intp)
+    h = size // 2
+    ok = (_fits(centres, h, reference.shape) & _fits(moved, h, frame.shape))
+    if not ok.any():
+        return float("nan")
+
+    def boxes(image: np.ndarray, at: np.ndarray) -> np.ndarray:
+        out = np.stack([image[y - h : y + h, x - h : x + h] for y, x in at]).astype(np.float32)
+        out -= out.mean(axis=(1, 2), keepdims=True)
+        out *= _hann2d(2 * h)
+        return out
+
+    ref_spec = rfft2(boxes(reference, centres[ok]))
+    frame_spec = rfft2(boxes(frame, moved[ok]))
+    fy = np.fft.fftfreq(2 * h)[:, None]
+    fx = np.fft.rfftfreq(2 * h)[None, :]
+    f = np.hypot(fy, fx)
+    band = (f >= DETAIL_BAND[0]) & (f < DETAIL_BAND[1])
+    power = np.square(np.abs(ref_spec[:, band]), dtype=np.float64).sum(axis=1)
+    count = int(band.sum())
+    detail = np.maximum(power - noise_floor(ref_spec) * count, 0.0)
+    noise = noise_floor(frame_spec) * count
+    ratio = detail / np.maximum(noise, np.finfo(np.float64).tiny)
+    return float(np.median(ratio))
+
+
+def _fits(centres: np.ndarray, half: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Which boxes of side ``2 * half`` at ``centres`` lie wholly inside ``shape``."""
+    y, x = centres[:, 0], centres[:, 1]
+    return (y - half >= 0) & (x - half >= 0) & (y + half <= shape[0]) & (x + half <= shape[1])
+
+
+def _hann2d(n: int) -> np.ndarray:
+    """float32 ``(n, n)`` Hann window."""
+    win = np.hanning(n).astype(np.float32)
+    return np.outer(win, win)

@@ -55,7 +55,7 @@ from live_stack.apgrid import APGrid, lay_grid
 from live_stack.apstack import APStack, Tally
 from live_stack.drizzle import crop_output, downscale, scale_points
 from live_stack.finish import finish
-from live_stack.frames import check_frame, luminance_u8_or_f32
+from live_stack.frames import check_frame, luminance, luminance_u8_or_f32
 from live_stack.local import parse_stack_size, stack_count
 from live_stack.parallel import split_run
 from live_stack.pipeline import PHASE_FIELDS, PhaseParams
@@ -562,7 +562,9 @@ class LiveStacker:
         if len(slots) == 0:
             return
         ref = self._reference(np.zeros(2))
-        grid = lay_grid(ref.luminance, self._params.ap, box=ref.box)
+        best = int(slots[np.argmax(self._gq[slots])])
+        grid = lay_grid(ref.luminance, self._params.ap, box=ref.box,
+                        frame=luminance(self._frames[best]), frame_shift=self._shift[best])
         state = self._new_engine(grid, ref.luminance)
         self._events["grid"] += 1
         state.place(slots, self._shift[slots], self._ap_quality(state, slots))
@@ -828,6 +830,12 @@ class LiveStacker:
             "buffer_fill": int(len(slots)),
             "buffer_size": self._params.buffer_size,
             "aps": 0 if state is None else len(state.grid),
+            # the grid's step, and whether it was laid twice as dense because a frame's
+            # detail is under its noise (apgrid.lay_grid; detail None: not measured)
+            "ap_step": 0 if state is None else int(state.grid.step),
+            "ap_dense": False if state is None else bool(state.grid.dense),
+            "ap_detail": None if state is None or np.isnan(state.grid.detail)
+            else round(float(state.grid.detail), 3),
             "frames_per_ap": 0 if state is None else int(state.counts[0]),
             "warming_up": self._target is None,
             "pending_work": sum(s.pending() for s in self._states()),

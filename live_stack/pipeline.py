@@ -5,7 +5,8 @@
     ranking   = quality.rank(frames, params.quality)
     alignment = align.align(frames, ranking, params.align)
     reference = reference.build_reference(frames, ranking, alignment, params.reference)
-    grid      = apgrid.lay_grid(reference.luminance, params.ap, box=reference.box)
+    grid      = apgrid.lay_grid(reference.luminance, params.ap, box=reference.box,
+                                frame=best aligned frame's luminance, ...)
     quality   = local.ap_quality(ranking, alignment, grid)
     engine, selection = stack_aps(frames, alignment, reference, grid, quality, counts, ...)
     images    = stack.blend(...) per stack size, cropped to the area the reference frames cover
@@ -35,6 +36,7 @@ from live_stack.apstack import APStack, in_pieces
 from live_stack.dispersion import RGBAlignParams
 from live_stack.drizzle import DrizzleParams, crop_output
 from live_stack.finish import finish
+from live_stack.frames import luminance
 from live_stack.local import LocalParams, Selection, ap_quality, parse_stack_size, stack_count
 from live_stack.normalize import NormalizeParams
 from live_stack.quality import QualityParams, Ranking, rank
@@ -157,11 +159,23 @@ class PipelineResult:
             "aps": len(self.grid),
             "aps_dropped_dim": self.grid.dropped_dim,
             "aps_dropped_flat": self.grid.dropped_flat,
+            "ap_step": self.grid.step,
+            # a frame's detail over its noise in the AP boxes (None: not measured)
+            "ap_detail": None if np.isnan(self.grid.detail) else round(self.grid.detail, 3),
+            "ap_dense": self.grid.dense,
             "local_measured": self.local_measured,
             "local_failed": self.local_failed,
             "stacks": {s.size: s.frames_per_ap for s in self.stacks},
             "seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
+
+
+def best_aligned(ranking: Ranking, alignment: GlobalAlignment) -> int | None:
+    """The best-ranked frame that was aligned (None if none was)."""
+    for i in ranking.order:
+        if alignment.ok[int(i)]:
+            return int(i)
+    return None
 
 
 def stack_aps(
@@ -261,7 +275,10 @@ def run(
     timings["reference"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grid = lay_grid(reference.luminance, params.ap, box=reference.box)
+    best = best_aligned(ranking, alignment)
+    grid = lay_grid(reference.luminance, params.ap, box=reference.box,
+                    frame=None if best is None else luminance(frames[best]),
+                    frame_shift=(0.0, 0.0) if best is None else alignment.shifts[best])
     timings["grid"] = time.perf_counter() - t
 
     t = time.perf_counter()

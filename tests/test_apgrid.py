@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from live_stack.apgrid import APGrid, APParams, lay_grid, neighbour_table
+from live_stack.apgrid import (
+    DETAIL_BAND,
+    APGrid,
+    APParams,
+    detail_to_noise,
+    lay_grid,
+    neighbour_table,
+)
 
 H, W = 240, 320
 
@@ -153,7 +161,83 @@ def test_lay_grid_rejects_a_colour_reference(moon) -> None:
     ({"step": 2}, "ap_step"), ({"step": 100}, "ap_step"), ({"search": 0}, "ap_search"),
     ({"size": 32, "search": 17}, "ap_search"), ({"min_brightness": 1.0}, "ap_min_brightness"),
     ({"min_structure": -0.1}, "ap_min_structure"),
+    ({"dense_below": -1.0}, "ap_dense_below"), ({"dense_below": float("nan")}, "ap_dense_below"),
 ])
 def test_params_validation_names_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=field):
         APParams(**kwargs)
+
+
+def _expected_detail_to_noise(reference, centres, size, sigma):
+    """The ratio worked out from its definition, independently: the reference's windowed
+    power in the band over white noise of ``sigma`` through the same window."""
+    h = size // 2
+    win = np.outer(np.hanning(size), np.hanning(size))
+    f = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :])
+    band = (f >= DETAIL_BAND[0]) & (f < DETAIL_BAND[1])
+    ratios = []
+    for y, x in centres:
+        box = reference[y - h : y + h, x - h : x + h].astype(np.float64)
+        power = np.abs(np.fft.rfft2((box - box.mean()) * win)[band]) ** 2
+        ratios.append(power.sum() / (sigma**2 * (win**2).sum() * band.sum()))
+    return float(np.median(ratios))
+
+
+@pytest.fixture(scope="module")
+def seeing_moon(moon):
+    """The moon as the seeing leaves it (blurred 2 px): nothing left but noise in the
+    corner of the spectrum, where the noise is measured."""
+    return cv2.GaussianBlur(moon, (0, 0), 2.0)
+
+
+@pytest.mark.parametrize("sigma", [0.002, 0.01, 0.05])
+def test_detail_to_noise_is_the_band_power_over_the_noise(seeing_moon, sigma) -> None:
+    """Known answer: a noise-free reference, and a frame that is the reference moved by a
+    whole-pixel shift plus white noise of known standard deviation."""
+    moon = seeing_moon
+    rng = np.random.default_rng(7)
+    centres = np.array([[y, x] for y in (60, 120, 180) for x in (60, 160, 260)])
+    shift = (5, -3)
+    frame = np.roll(moon, shift, axis=(0, 1)) + rng.normal(0, sigma, moon.shape)
+    got = detail_to_noise(moon, frame.astype(np.float32), centres, 48, frame_shift=shift)
+    want = _expected_detail_to_noise(moon, centres, 48, sigma)
+    assert got == pytest.approx(want, rel=0.15)
+
+
+def test_detail_to_noise_of_a_flat_reference_and_of_boxes_outside() -> None:
+    rng = np.random.default_rng(1)
+    flat = np.full((200, 200), 0.5, np.float32)
+    frame = (flat + rng.normal(0, 0.02, flat.shape)).astype(np.float32)
+    assert detail_to_noise(flat, frame, np.array([[100, 100], [60, 60]]), 64) < 0.05
+    # no box inside both images: not measured
+    assert np.isnan(detail_to_noise(flat, frame, np.array([[10, 10]]), 64))
+    with pytest.raises(ValueError, match="2-D"):
+        detail_to_noise(flat, np.stack([frame] * 3, axis=-1), np.array([[100, 100]]), 64)
+
+
+def test_a_grid_twice_as_dense_where_the_detail_is_under_the_noise(seeing_moon) -> None:
+    """The step follows the frame's detail-to-noise (ap_step 0): a frame as clean as the
+    reference gets the usual grid, a frame whose noise buries its detail one twice as
+    dense; a step given, or ``dense_below`` 0, is kept whatever the noise."""
+    moon = seeing_moon
+    rng = np.random.default_rng(2)
+    params = APParams(size=48, min_structure=0.0, min_brightness=0.0)
+    clean = (moon + rng.normal(0, 1e-4, moon.shape)).astype(np.float32)
+    noisy = (moon + rng.normal(0, 0.2, moon.shape)).astype(np.float32)
+    usual = lay_grid(moon, params, frame=clean)
+    dense = lay_grid(moon, params, frame=noisy)
+    assert usual.detail > params.dense_below > dense.detail
+    assert not usual.dense and dense.dense
+    assert usual.step <= params.spacing == 36 and (usual.step, usual.steps) == (
+        lay_grid(moon, params).step, lay_grid(moon, params).steps)
+    assert dense.step <= params.spacing_at(dense.detail) == 18
+    assert len(dense) > 3 * len(usual)
+    assert np.isnan(lay_grid(moon, params).detail)  # no frame: not measured
+    given = lay_grid(moon, APParams(size=48, step=36, min_structure=0.0, min_brightness=0.0),
+                     frame=noisy)
+    never = lay_grid(moon, APParams(size=48, dense_below=0.0, min_structure=0.0,
+                                    min_brightness=0.0), frame=noisy)
+    for grid in (given, never):
+        assert not grid.dense and np.array_equal(grid.centres, usual.centres)
+    with pytest.raises(ValueError, match="frame"):
+        lay_grid(moon, params, frame=np.stack([noisy] * 3, axis=-1))

@@ -83,6 +83,9 @@ def test_summary_fields(sim_capture, offline_result) -> None:
     assert s["aps"] == len(result.grid) > 0
     assert s["aps_dropped_dim"] == result.grid.dropped_dim
     assert s["aps_dropped_flat"] == result.grid.dropped_flat
+    # the simulated moon is bright: its detail stands far above the noise, the usual grid
+    assert s["ap_step"] == result.grid.step and s["ap_dense"] is False
+    assert s["ap_detail"] == pytest.approx(result.grid.detail, abs=1e-3) and s["ap_detail"] > 10
     assert 0 <= s["local_failed"] <= s["local_measured"]
     # every AP measured in every selected frame at most once
     assert s["local_measured"] <= int((result.selection.rank >= 0).sum())
