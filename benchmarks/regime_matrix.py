@@ -4,7 +4,9 @@ Issue 13 asks every quality change to be run against a matrix of simulated captu
 the physical seeing model (:mod:`live_stack.simulate.turbulence`): scenes (a low-contrast
 mare, a cratered terminator, a banded planet, solar granulation) x signal (electrons at
 full brightness) x seeing (D/r0), 300 frames each, plus one 2000-frame planet. For each
-cell it reports, on the area every output covers:
+cell it reports, on the area every output covers (less ``--border`` pixels on each side:
+16 by default, as :func:`live_stack.simulate.score.score`; 0 scores the stacks' edges
+too, where a stack that leaves its rim to the blurrier reference falls behind):
 
 * PSNR and SSIM against the truth (:func:`live_stack.simulate.score.score`);
 * noise evenness (:func:`live_stack.simulate.score.noise_evenness`: the coefficient of
@@ -219,8 +221,10 @@ def run_pss(pss_python: str, video: Path, work: Path, stem: str, stack: int, mod
             "cmd": shlex.join(cmd)}
 
 
-def measure(images: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[str, float]]:
-    """PSNR, SSIM and evenness of each image on the area all of them cover."""
+def measure(images: dict[str, np.ndarray], truth: np.ndarray, *,
+            border: int = 16) -> dict[str, dict[str, float]]:
+    """PSNR, SSIM and evenness of each image on the area all of them cover, less
+    ``border`` pixels on each side."""
     from live_stack.frames import luminance, to_float32
     from live_stack.simulate.score import noise_evenness, score
 
@@ -229,8 +233,9 @@ def measure(images: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[
     crops = common_crops(mono, truth)
     out = {}
     for n, crop in zip(names, crops, strict=True):
-        s = score(crop, truth)
-        out[n] = {"psnr": s.psnr, "ssim": s.ssim, "even": noise_evenness(crop, truth)}
+        s = score(crop, truth, border=border)
+        out[n] = {"psnr": s.psnr, "ssim": s.ssim,
+                  "even": noise_evenness(crop, truth, border=border)}
     return out
 
 
@@ -282,6 +287,10 @@ def main() -> int:
     p.add_argument("--pss-python", default=DEFAULT_PSS)
     p.add_argument("--pss-box", type=int, default=64, help="PSS's -a (64)")
     p.add_argument("--no-pss", action="store_true", help="leave PSS out")
+    p.add_argument("--border", type=int, default=16,
+                   help="pixels left out of the scores on each side of the area every "
+                        "output covers (16, score()'s default; 0: the whole area, the "
+                        "stacks' edges too)")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     p.add_argument("--keep", metavar="DIR", default="/work/cache/regime-out",
                    help="folder of the outputs (kept; default /work/cache/regime-out)")
@@ -335,7 +344,8 @@ def main() -> int:
             else:
                 results["PSS"] = run_pss(args.pss_python, video, work, cell.name, stack,
                                          mode, args.pss_box)
-        figures = measure({k: v["image"] for k, v in results.items()}, truth)
+        figures = measure({k: v["image"] for k, v in results.items()}, truth,
+                          border=args.border)
         if args.crops and cell.name in args.crop_cells:
             write_crops(Path(args.crops) / f"{cell.name}.png",
                         {k: v["image"] for k, v in results.items()}, truth)
@@ -359,8 +369,9 @@ def main() -> int:
 def print_table(rows: list[dict], tools: list[str], *, pss: bool) -> None:
     """The markdown table: per cell PSNR / SSIM / evenness of each output."""
     print()
-    print("PSNR dB / SSIM / evenness (lower is more even) on the area every output covers; "
-          "fb: share of local shifts that fell back (or were left out).")
+    print("PSNR dB / SSIM / evenness (lower is more even) on the area every output covers "
+          "(less --border pixels at each side); fb: share of local shifts that fell back "
+          "(or were left out).")
     print()
     head = ["scene", "e-", "D/r0", "frames", "best 10% mean"]
     for t in tools:

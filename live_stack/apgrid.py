@@ -1,6 +1,9 @@
 """The alignment-point (AP) grid laid over the reference image.
 
-APs sit on a regular grid inside the area every used frame covers. An AP is
+APs sit on a regular grid over the area every used frame covers, the outer boxes on its
+edges (their patches' search margins reach past it; where that leaves the frame, the
+missing part is mirrored in, see :func:`live_stack.local.extract`), so that the stack
+reaches the edges of the output (:func:`live_stack.stack.blend`). An AP is
 dropped when its box is dim (dark sky around a planet) or has too little structure in
 both directions to measure a shift (a flat mare, a featureless limb segment); its area
 is then filled by the globally aligned reference when the patches are blended.
@@ -63,11 +66,11 @@ class APParams:
         """The largest step between neighbouring APs: three quarters of the box by
         default.
 
-        The grid spaces its APs evenly, at most this far apart, from one end of the area
-        to the other (:func:`lay_grid`); neighbouring boxes then overlap by at least a
-        quarter, the blending weights ramp over exactly each axis's overlap and add up to
-        1 (see :func:`live_stack.stack.bump`), so no pixel of the AP area takes any of
-        the blurrier reference.
+        The grid spaces its APs evenly (to a pixel), at most this far apart, from one
+        edge of the area to the other (:func:`lay_grid`); neighbouring boxes then overlap
+        by at least a quarter and the blending weights ramp over each axis's overlap (see
+        :func:`live_stack.stack.bump`), so no pixel of the AP area takes any of the
+        blurrier reference.
         """
         return self.step or max(4, (self.size * 3) // 4)
 
@@ -216,7 +219,9 @@ def _lay(reference: np.ndarray, params: APParams, step: int,
     """The grid of APs at most ``step`` apart (see :func:`lay_grid`)."""
     h, w = reference.shape
     y0, x0, y1, x1 = box if box is not None else (0, 0, h, w)
-    half = params.fft_size // 2
+    # the boxes reach the edges of the area; their patches' search margins may lie
+    # outside it (or outside the image, then mirrored in: live_stack.local.extract)
+    half = params.size // 2
     lo_y, hi_y, lo_x, hi_x = y0 + half, y1 - half, x0 + half, x1 - half
     empty = APGrid(np.zeros((0, 2), dtype=np.intp), params.size, params.search, (h, w),
                    step=step)
@@ -267,18 +272,17 @@ def neighbour_table(centres: np.ndarray, step: int) -> np.ndarray:
 
 
 def _axis(lo: int, hi: int, step: int) -> list[int]:
-    """Evenly spaced positions from ``lo`` to ``hi`` (the ends within a pixel per gap),
-    at most ``step`` apart; one in the middle where the span is shorter than a step."""
+    """Positions from ``lo`` to ``hi`` (both ends exactly), at most ``step`` apart and as
+    evenly as whole pixels allow (two gaps differ by at most one pixel); one in the
+    middle where the span is shorter than a step."""
     if hi - lo < step:
         return [(lo + hi) // 2]
     # as many APs as it takes to reach the ends at most ``step`` apart, so that the boxes
-    # cover the area up to its edges (the reference fills only what they leave), all the
-    # same whole number of pixels apart (their blending weights then add up to one); what
-    # is left of the span (less than one pixel per gap) is shared between the two ends
+    # cover the area up to its edges, the rim boxes' outer sides on them (those need not
+    # fade out: see live_stack.stack.blend); the blending weights ramp over the largest
+    # gap's overlap, and are divided by their sum, so a gap a pixel shorter does no harm
     count = -(-(hi - lo) // step) + 1
-    gap = (hi - lo) // (count - 1)
-    start = lo + ((hi - lo) - gap * (count - 1)) // 2
-    return [start + k * gap for k in range(count)]
+    return [lo + int(round(k * (hi - lo) / (count - 1))) for k in range(count)]
 
 
 def detail_to_noise(reference: np.ndarray, frame: np.ndarray, centres: np.ndarray,

@@ -177,12 +177,14 @@ class APStack:
         """Record frames (global shifts ``(k, 2)``, qualities at the APs ``(k, m)``)
         without selecting them (see :meth:`select`).
 
-        The one rule for patches at the frame's edge: an AP whose patch does not lie
-        wholly inside the frame cannot be selected in that frame.
+        The one rule for patches at the frame's edge: an AP whose box does not lie
+        wholly inside the frame cannot be selected in that frame (its patch's search
+        margin may reach past the frame: that part is mirrored in, see
+        :func:`live_stack.local.extract`).
         """
         slots = np.asarray(slots, dtype=np.intp)
         self.shift[slots] = shifts
-        size = self.grid.fft_size
+        size = self.grid.size
         offsets = np.rint(np.asarray(shifts, dtype=np.float64)).astype(np.intp)
         for i, slot in enumerate(slots):
             fits = inside(self.grid.centres + offsets[i], size, self.shape)
@@ -366,10 +368,11 @@ class APStack:
         self.fell &= self.contrib
 
     def image(self, background: np.ndarray, blend: BlendParams = BlendParams(), *,
-              size: int = 0) -> Blend:
+              size: int = 0, crop: tuple[int, int, int, int] | None = None) -> Blend:
         """Sum ``size`` blended over a ``background`` (float32 frame-shaped image) as it
-        is now (apply the selection first with :meth:`sync`)."""
-        return self.sums[size].to_image(self.grid, background, blend)
+        is now (apply the selection first with :meth:`sync`), for an output cropped to
+        ``crop`` (see :func:`live_stack.stack.blend`)."""
+        return self.sums[size].to_image(self.grid, background, blend, crop=crop)
 
     # ------------------------------------------------------------------ the loop
     def _subtract(self, groups: list[tuple[int, np.ndarray]]) -> None:

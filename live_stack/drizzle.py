@@ -271,11 +271,13 @@ class DrizzleSums:
         return self.box - int(round((grid.size - step) * self.scale)) if step else 0
 
     def to_image(self, grid: APGrid, reference: np.ndarray,
-                 params: BlendParams = BlendParams()) -> Blend:
-        """Blend the drizzled APs on the fine grid; the upscaled reference fills the rest."""
+                 params: BlendParams = BlendParams(), *,
+                 crop: tuple[int, int, int, int] | None = None) -> Blend:
+        """Blend the drizzled APs on the fine grid; the upscaled reference fills the rest
+        (``crop``: the output's crop in sensor pixels, see :func:`live_stack.stack.blend`)."""
         fine = self.fine_grid(grid)
         return blend(self.mean_patches(), fine, upscale(reference, self.scale, fine.shape),
-                     params)
+                     params, crop=None if crop is None else scale_box(crop, self.scale))
 
 
 def _normalise(acc: np.ndarray, weight: np.ndarray, scale: float) -> np.ndarray:

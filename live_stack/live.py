@@ -800,7 +800,7 @@ class LiveStacker:
         ref = self._reference(state.origin)
         box = ref.box  # where the background is made of every one of its frames
         p = self._params
-        image, _ = crop_output(state.image(ref.image, p.blend), box, p.drizzle)
+        image, _ = crop_output(state.image(ref.image, p.blend, crop=box), box, p.drizzle)
         image, notes = finish(image, rgbalign=p.rgbalign, normalize_params=p.normalize,
                               sharpen_params=p.sharpen)
         centres = scale_points(state.grid.centres, box, p.drizzle.scale)

@@ -221,15 +221,44 @@ def extract(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
     """Square patches of ``size`` centred at integer ``centres`` (``(k, 2)``).
 
     The patch of centre ``c`` spans ``c - size/2 .. c + size/2 - 1``. Works on ``(H, W)``
-    (giving ``(k, size, size)``) and ``(H, W, C)`` images (giving ``(k, size, size, C)``);
-    the caller makes sure the patches are inside the image (see :func:`inside`).
+    (giving ``(k, size, size)``) and ``(H, W, C)`` images (giving ``(k, size, size, C)``).
+    A patch that reaches past the image's edge (an AP box at the edge of the area, whose
+    search margin lies outside) has the part outside mirrored from the part inside
+    (:func:`inside` says which patches lie wholly inside); the image must hold at least
+    half of the patch along each axis.
     """
     h = size // 2
+    centres = np.asarray(centres)
+    ok = inside(centres, size, image.shape)
     if image.ndim == 2:
         windows = sliding_window_view(image, (size, size))
-        return windows[centres[:, 0] - h, centres[:, 1] - h]
-    windows = sliding_window_view(image, (size, size), axis=(0, 1))
-    return windows[centres[:, 0] - h, centres[:, 1] - h].transpose(0, 2, 3, 1)
+    else:
+        windows = sliding_window_view(image, (size, size), axis=(0, 1))
+    if ok.all():
+        out = windows[centres[:, 0] - h, centres[:, 1] - h]
+    else:
+        out = np.empty((len(centres),) + windows.shape[2:], dtype=image.dtype)
+        at = np.flatnonzero(ok)
+        out[at] = windows[centres[at, 0] - h, centres[at, 1] - h]
+        for i in np.flatnonzero(~ok):
+            out[i] = _mirrored(image, int(centres[i, 0]) - h, int(centres[i, 1]) - h, size)
+    return out if image.ndim == 2 else out.transpose(0, 2, 3, 1)
+
+
+def _mirrored(image: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """The ``size`` square at ``(y0, x0)``, the part outside the image mirrored in (channels
+    first for a colour image, as :func:`extract` builds its patches)."""
+    hgt, wid = image.shape[:2]
+    ya, xa = max(y0, 0), max(x0, 0)
+    yb, xb = min(y0 + size, hgt), min(x0 + size, wid)
+    if yb - ya <= size // 2 or xb - xa <= size // 2:
+        raise ValueError(f"a patch of {size} at ({y0 + size // 2}, {x0 + size // 2}) lies "
+                         f"mostly outside the {wid}x{hgt} image")
+    pad = ((ya - y0, y0 + size - yb), (xa - x0, x0 + size - xb))
+    part = image[ya:yb, xa:xb]
+    if image.ndim == 2:
+        return np.pad(part, pad, mode="reflect")
+    return np.pad(part, pad + ((0, 0),), mode="reflect").transpose(2, 0, 1)
 
 
 def inside(centres: np.ndarray, size: int, shape: tuple[int, ...]) -> np.ndarray:

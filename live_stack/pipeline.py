@@ -297,7 +297,8 @@ def run(
     box = reference.box  # where the background is made of every one of its frames
     stacks = []
     for k, (size, count) in enumerate(zip(params.stack_sizes, counts, strict=True)):
-        image, ap_weight = crop_output(engine.image(reference.image, params.blend, size=k),
+        image, ap_weight = crop_output(engine.image(reference.image, params.blend, size=k,
+                                                    crop=box),
                                        box, params.drizzle)
         image, notes = finish(image, rgbalign=params.rgbalign, normalize_params=params.normalize,
                               sharpen_params=params.sharpen)

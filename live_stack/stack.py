@@ -119,9 +119,10 @@ class PatchSums:
         return out
 
     def to_image(self, grid: APGrid, reference: np.ndarray,
-                 params: BlendParams = BlendParams()) -> Blend:
+                 params: BlendParams = BlendParams(), *,
+                 crop: tuple[int, int, int, int] | None = None) -> Blend:
         """Blend the APs' mean patches into one image (see :func:`blend`)."""
-        return blend(self.mean_patches(grid.size), grid, reference, params)
+        return blend(self.mean_patches(grid.size), grid, reference, params, crop=crop)
 
 
 def frame_spectra(
@@ -192,31 +193,46 @@ def bump(size: int, overlap: int | None = None, overlap_x: int | None = None) ->
     return _bump(size, overlap, overlap if overlap_x is None else overlap_x)
 
 
-@lru_cache(maxsize=16)
-def _bump(size: int, overlap_y: int | None, overlap_x: int | None) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _bump(size: int, overlap_y: int | None, overlap_x: int | None,
+          flat: tuple[bool, bool, bool, bool] = (False, False, False, False)) -> np.ndarray:
     half = size // 2
 
-    def axis(overlap: int | None) -> np.ndarray:
+    def axis(overlap: int | None, flat_low: bool, flat_high: bool) -> np.ndarray:
         ramp_len = half if overlap is None else int(min(max(overlap, 1), half))
         u = np.ones(size)
         k = np.arange(ramp_len) + 0.5
         ramp = np.sin(0.5 * np.pi * k / ramp_len) ** 2
-        u[:ramp_len] = ramp
-        u[size - ramp_len :] = ramp[::-1]
+        if not flat_low:
+            u[:ramp_len] = ramp
+        if not flat_high:
+            u[size - ramp_len :] = ramp[::-1]
         return u
 
-    w = np.outer(axis(overlap_y), axis(overlap_x)).astype(np.float32)
+    top, bottom, left, right = flat
+    w = np.outer(axis(overlap_y, top, bottom), axis(overlap_x, left, right)).astype(np.float32)
     w.setflags(write=False)
     return w
 
 
-def grid_bump(grid: APGrid) -> np.ndarray:
+def grid_bump(grid: APGrid, flat: tuple[bool, bool, bool, bool] = (False,) * 4) -> np.ndarray:
     """:func:`bump` for a grid's boxes, ramping over the overlap of neighbouring boxes
-    along each axis."""
+    along each axis; not at all on the ``flat`` sides (top, bottom, left, right)."""
     if not grid.step:
-        return bump(grid.size)
+        return _bump(grid.size, None, None, tuple(flat))
     sy, sx = (s or grid.step for s in grid.steps)
-    return bump(grid.size, grid.size - sy, grid.size - sx)
+    return _bump(grid.size, grid.size - sy, grid.size - sx, tuple(flat))
+
+
+def open_sides(grid: APGrid, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    """bool ``(m, 4)``: which sides (top, bottom, left, right) of each AP box lie at or
+    beyond the edge of the output's ``crop`` (nothing of the output lies past them)."""
+    if crop is None or not len(grid):
+        return np.zeros((len(grid), 4), dtype=bool)
+    half = grid.size // 2
+    cy, cx = grid.centres[:, 0], grid.centres[:, 1]
+    y0, x0, y1, x1 = crop
+    return np.column_stack([cy - half <= y0, cy + half >= y1, cx - half <= x0, cx + half >= x1])
 
 
 @dataclass(frozen=True)
@@ -243,6 +259,8 @@ def blend(
     grid: APGrid,
     reference: np.ndarray,
     params: BlendParams = BlendParams(),
+    *,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Blend:
     """Blend the AP mean patches into one image, the reference filling the rest.
 
@@ -256,6 +274,12 @@ def blend(
         float32 ``(H, W)`` or ``(H, W, 3)`` globally aligned reference.
     params : BlendParams
         Blending parameters.
+    crop : tuple, optional
+        ``(y0, x0, y1, x1)``: the part of the image that will be kept. A box whose side
+        lies at or past its edge (the grid's rim boxes, which reach the edge of the area
+        every frame covers) does not fade out towards that side: the AP's stack, not the
+        blurrier reference, reaches the output's edge, and the seam the fade avoids
+        would lie outside the output.
 
     Returns
     -------
@@ -268,12 +292,13 @@ def blend(
                          f"got {patches.shape}")
     acc = np.zeros((h, w, c), dtype=np.float32)
     wsum = np.zeros((h, w), dtype=np.float32)
-    wb = grid_bump(grid)
+    sides = open_sides(grid, crop)
     half = grid.size // 2
     for a, (cy, cx) in enumerate(grid.centres):
         p = patches[a]
         if not np.isfinite(p[0, 0, 0]):
             continue
+        wb = grid_bump(grid, tuple(bool(v) for v in sides[a]))
         y0, x0 = int(cy) - half, int(cx) - half
         acc[y0 : y0 + grid.size, x0 : x0 + grid.size] += (p * wb).transpose(1, 2, 0)
         wsum[y0 : y0 + grid.size, x0 : x0 + grid.size] += wb

@@ -90,10 +90,12 @@ def test_grid_stays_inside_the_box(moon, box) -> None:
     params = APParams(size=32, search=6)
     grid = lay_grid(moon, params, box=box)
     y0, x0, y1, x1 = box
-    half = grid.fft_size // 2
+    half = grid.size // 2  # the boxes stay inside (their search margins may reach past)
     assert len(grid) > 0
     assert np.all(grid.centres[:, 0] - half >= y0) and np.all(grid.centres[:, 0] + half <= y1)
     assert np.all(grid.centres[:, 1] - half >= x0) and np.all(grid.centres[:, 1] + half <= x1)
+    # and reach its edges (where the moon's structure leaves an AP there)
+    assert (grid.centres[:, 0] - half).min() == y0 and (grid.centres[:, 1] - half).min() == x0
     assert grid.shape == (H, W) and grid.size == 32 and grid.search == 6
     assert grid.fft_size == 32 + 2 * 6
 
@@ -103,20 +105,19 @@ def test_grid_spacing_and_empty_box(moon) -> None:
     grid = lay_grid(moon, params)
     assert params.spacing == 30  # three quarters of the box
     ys, xs = np.unique(grid.centres[:, 0]), np.unique(grid.centres[:, 1])
-    # the grid reaches as far out as the patches may go, the boxes at most a step apart
-    # and evenly spread (whole pixels: two neighbouring gaps differ by at most one)
-    half = grid.fft_size // 2
+    # the boxes reach the edges of the area (their search margins beyond it), at most a
+    # step apart and evenly spread (whole pixels: two gaps differ by at most one)
+    half = grid.size // 2
     for pos, side in ((ys, H), (xs, W)):
         gaps = np.diff(pos)
-        assert len(set(gaps)) == 1 and gaps[0] <= 30  # all alike (weights add up to one)
-        lo, hi = half, side - half  # as far out as the patches may go
-        assert pos[0] >= lo and pos[-1] <= hi
-        assert (pos[0] - lo) + (hi - pos[-1]) < len(gaps)  # within a pixel per gap
+        assert gaps.max() - gaps.min() <= 1 and gaps.max() <= 30
+        lo, hi = half, side - half  # the rim boxes' outer sides on the area's edges
+        assert pos[0] == lo and pos[-1] == hi
         assert len(gaps) == -(-(hi - lo) // 30)  # no more APs than that needs
     assert grid.steps == (int(np.diff(ys).max()), int(np.diff(xs).max()))
     assert grid.step == max(grid.steps)
     assert len(grid) == len(ys) * len(xs)  # a full rectangular grid
-    tiny = lay_grid(moon, params, box=(0, 0, 40, 40))  # smaller than one patch
+    tiny = lay_grid(moon, params, box=(0, 0, 39, 39))  # smaller than one box
     assert len(tiny) == 0 and tiny.centres.shape == (0, 2)
 
 

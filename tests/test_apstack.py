@@ -10,7 +10,7 @@ import pytest
 from live_stack.align import align
 from live_stack.apgrid import APParams, lay_grid
 from live_stack.apstack import APStack, Tally, in_pieces
-from live_stack.local import LocalParams, ap_quality, inside
+from live_stack.local import LocalParams, ap_quality, inside, make_wide_targets
 from live_stack.quality import rank
 from live_stack.reference import build_reference
 from live_stack.simulate.score import score
@@ -60,8 +60,9 @@ def test_local_shifts_are_recovered(moon, shifted_view, as_dtype, ap_setup, dtyp
     frame = as_dtype(shifted_view(moon, *shift, (H, W), noise=0.01, seed=1), dtype)
     engine = measured(ref, grid, frame, given)
     offset = np.rint(given).astype(int)
-    fits = inside(grid.centres + offset, grid.fft_size, frame.shape)
-    # the APs pushed off the frame are never selected, nor measured
+    fits = inside(grid.centres + offset, grid.size, frame.shape)
+    # the APs whose box is pushed off the frame are never selected, nor measured (a
+    # patch's search margin may reach past the frame's edge: it is mirrored in)
     assert np.array_equal(engine.sel[0], fits) and np.array_equal(engine.measured[0], fits)
     assert fits.mean() >= 0.8
     ok = fits & ~engine.fell[0]
@@ -81,7 +82,9 @@ def test_outliers_and_weak_patches_fall_back(moon, shifted_view, ap_setup) -> No
     frame = shifted_view(moon, 1.3, -0.6, (H, W), noise=0.01, seed=2).astype(np.float32)
     nb = (grid.neighbours >= 0).sum(axis=1)
     inner = np.flatnonzero(nb == 8)
-    odd, noisy = int(inner[0]), int(inner[-1])
+    # the noisy one where a wide box fits in the frame (for the last check)
+    boxed = inner[make_wide_targets(ref, grid, LocalParams(wide_margin=24))[1][inner]]
+    odd, noisy = int(inner[0]), int(boxed[-1])
     half = grid.fft_size // 2
     # AP "odd": its content moved 5 px further down (a lone mis-measurement to catch)
     cy, cx = grid.centres[odd]
@@ -142,13 +145,15 @@ def test_a_known_shift_in_faint_low_contrast_patches_is_recovered(scene_canvas) 
     blurred = cv2.GaussianBlur(moved, (0, 0), FAINT_BLUR)
     frames = [(rng.poisson(blurred * FAINT_ELECTRONS) / FAINT_ELECTRONS).astype(np.float32)
               for _ in range(4)]
-    grid = lay_grid(ref, APParams())
+    # APs whose wide box (40 px more than the search margin) lies inside the frame
+    grid = lay_grid(ref, APParams(), box=(48, 48, 552, 552))
     n = len(frames)
     # what 9b08467's test rejected
     old = make_target(extract(ref, grid.centres, grid.fft_size), peak_sigma=1.2)
     rejected = np.stack([correlate_spectra(
         sfft.rfft2(extract(f, grid.centres, grid.fft_size)).astype(np.complex64), old,
         max_shift=grid.search).strength < 0.15 for f in frames])
+    assert make_wide_targets(ref, grid, LocalParams(wide_margin=40))[1].all()
     assert rejected.mean() > 0.15  # a real share of the shifts
 
     def errors(local: LocalParams) -> tuple[np.ndarray, APStack]:

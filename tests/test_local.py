@@ -142,6 +142,17 @@ def test_extract_and_inside() -> None:
     pc = extract(rgb, centres[:1], 8)
     assert pc.shape == (1, 8, 8, 3)
     assert np.array_equal(pc[0, :, :, 2], image[6:14, 6:14] + 2)
+    # patches reaching past the edge: the part outside mirrored in (the search margin of
+    # a box at the edge of the area), alongside ones inside, in order
+    edge = np.array([[10, 10], [3, 27], [17, 2]])
+    for img in (image, rgb):
+        got = extract(img, edge, 8)
+        pad = ((4, 4), (4, 4)) + (((0, 0),) if img.ndim == 3 else ())
+        mirrored = np.pad(img, pad, mode="reflect")
+        for k, (cy, cx) in enumerate(edge):
+            assert np.array_equal(got[k], mirrored[cy : cy + 8, cx : cx + 8])
+    with pytest.raises(ValueError, match="mostly outside"):
+        extract(image, np.array([[0, 0]]), 8)
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

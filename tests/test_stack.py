@@ -16,6 +16,7 @@ from live_stack.stack import (
     bump,
     frame_patches,
     frame_spectra,
+    open_sides,
     shifted_spectra,
 )
 
@@ -206,10 +207,48 @@ def test_blend_weights_have_no_step(grids, name) -> None:
     assert max(_largest_step(m) for m in maps) < bound
     raw = blend(np.zeros((len(grid), 1, grid.size, grid.size), np.float32), grid,
                 np.zeros((H, W), np.float32))
-    # the summed AP weight itself is as smooth as one bump
-    assert _largest_step(raw.ap_weight.astype(np.float64)) < 1.1 * slope
-    assert raw.reference_weight.max() == pytest.approx(1.0)  # the sky corners: reference
+    # the summed AP weight itself is as smooth as two bumps (neighbouring boxes may be a
+    # pixel nearer than the step, so two ramps may be a pixel apart; the blend divides by
+    # the sum, so that does not show)
+    assert _largest_step(raw.ap_weight.astype(np.float64)) < 2.2 * slope
+    # the frame's edges, where no crop is said: the boxes fade out, the reference fills
+    assert raw.reference_weight.max() == pytest.approx(1.0, abs=1e-3)
     assert raw.reference_weight[raw.ap_weight >= BlendParams().full_coverage].max() == 0.0
+
+
+@pytest.mark.parametrize("name", ["full32", "full48", "holes48"])
+def test_boxes_at_the_edge_of_the_crop_do_not_fade_out(grids, name) -> None:
+    """The grid's rim boxes reach the edge of the area; blended for an output cropped to
+    it, they do not fade out towards it: inside the crop the reference gets no weight
+    but where APs were dropped, and every weight is still continuous there."""
+    grid = grids[name]
+    crop = (0, 0, H, W)  # lay_grid's area: the whole image
+    zero = np.zeros((len(grid), 1, grid.size, grid.size), np.float32)
+    raw = blend(zero, grid, np.zeros((H, W), np.float32), crop=crop)
+    sides = open_sides(grid, crop)
+    assert sides.any(axis=0).sum() == (4 if name.startswith("full") else 3)  # on the edges
+    half = grid.size // 2
+    covered = np.zeros((H, W), bool)
+    for cy, cx in grid.centres:
+        covered[cy - half : cy + half, cx - half : cx + half] = True
+    if name.startswith("full"):
+        assert covered.all() and raw.reference_weight.max() == 0.0
+        assert raw.ap_weight.min() >= 0.99
+    else:  # the flat right half has no APs: there the reference takes over, smoothly
+        assert raw.reference_weight[:, -1].min() == pytest.approx(1.0)
+        assert raw.reference_weight[~covered].min() == pytest.approx(1.0)
+    slope = math.pi / (2 * (grid.size - grid.step))
+    for a in (0, len(grid) // 2, len(grid) - 1):
+        p = zero.copy()
+        p[a] = 1.0
+        share = blend(p, grid, np.zeros((H, W), np.float32), crop=crop).image
+        assert _largest_step(share.astype(np.float64)) < 4 * slope
+    # a crop inside the area: only boxes that reach past it are open towards it
+    inner = (40, 40, H - 40, W - 40)
+    cy, cx = grid.centres[:, 0], grid.centres[:, 1]
+    within = ((cy - half > 40) & (cy + half < H - 40) & (cx - half > 40) & (cx + half < W - 40))
+    assert within.any() and not open_sides(grid, inner)[within].any()
+    assert open_sides(grid, inner)[~within].any(axis=1).all()
 
 
 def test_blend_puts_each_patch_at_its_ap(grids) -> None:
