@@ -80,6 +80,10 @@ def main() -> int:
     for v in videos:
         if not v.is_file():
             p.error(f"no such input: {v}")
+    # each input by its name, or by its folder and name where two share a name
+    names = [v.name for v in videos]
+    label = {v: (f"{v.parent.name}/{v.name}" if names.count(v.name) > 1 else v.name)
+             for v in videos}
     print_header("reprocess CPU and memory by source tree, alternating")
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="compare-trees-") as tmp:
@@ -88,18 +92,18 @@ def main() -> int:
             for video in videos:
                 for name, tree in trees:
                     fig = run_once(args.python, tree, video, work, args.extra.split())
-                    results.setdefault((name, video.name), []).append(fig)
-                    print(f"round {r + 1} {name:>10} {video.name}: {fig['cpu']:.2f} s CPU, "
+                    results.setdefault((name, label[video]), []).append(fig)
+                    print(f"round {r + 1} {name:>10} {label[video]}: {fig['cpu']:.2f} s CPU, "
                           f"{fig['rss_mib']:.0f} MiB, {fig['aps']} APs", flush=True)
     print()
     print("| input | tree | APs | CPU s (each round) | mean CPU s | peak RSS MiB |")
     print("|---|---|---:|---|---:|---:|")
     for video in videos:
         for name, _ in trees:
-            runs = results[(name, video.name)]
+            runs = results[(name, label[video])]
             cpu = [f["cpu"] for f in runs]
             rss = max(f["rss_mib"] for f in runs)
-            print(f"| {video.name} | {name} | {runs[0]['aps']} | "
+            print(f"| {label[video]} | {name} | {runs[0]['aps']} | "
                   f"{' / '.join(f'{c:.2f}' for c in cpu)} | {sum(cpu) / len(cpu):.2f} | "
                   f"{rss:.0f} |")
     return 0

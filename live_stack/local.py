@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -224,41 +225,39 @@ def extract(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
     (giving ``(k, size, size)``) and ``(H, W, C)`` images (giving ``(k, size, size, C)``).
     A patch that reaches past the image's edge (an AP box at the edge of the area, whose
     search margin lies outside) has the part outside mirrored from the part inside
-    (:func:`inside` says which patches lie wholly inside); the image must hold at least
-    half of the patch along each axis.
+    (:func:`inside` says which patches lie wholly inside); at most half of a patch may
+    lie outside along each axis.
     """
     h = size // 2
     centres = np.asarray(centres)
-    ok = inside(centres, size, image.shape)
+    if len(centres):
+        over = max(0, int(-(centres - h).min()),
+                   int((centres[:, 0] - h + size - image.shape[0]).max()),
+                   int((centres[:, 1] - h + size - image.shape[1]).max()))
+    else:
+        over = 0
+    if over:
+        if over > h:
+            raise ValueError(f"a patch of {size} reaches {over} pixels past the "
+                             f"{image.shape[1]}x{image.shape[0]} image (at most {h} may)")
+        # the whole image mirrored out once: cheaper than patch by patch for the many
+        # patches of a frame at the rim of a grid
+        image = _mirror_pad(image, over)
+        centres = centres + over
     if image.ndim == 2:
         windows = sliding_window_view(image, (size, size))
-    else:
-        windows = sliding_window_view(image, (size, size), axis=(0, 1))
-    if ok.all():
-        out = windows[centres[:, 0] - h, centres[:, 1] - h]
-    else:
-        out = np.empty((len(centres),) + windows.shape[2:], dtype=image.dtype)
-        at = np.flatnonzero(ok)
-        out[at] = windows[centres[at, 0] - h, centres[at, 1] - h]
-        for i in np.flatnonzero(~ok):
-            out[i] = _mirrored(image, int(centres[i, 0]) - h, int(centres[i, 1]) - h, size)
-    return out if image.ndim == 2 else out.transpose(0, 2, 3, 1)
+        return windows[centres[:, 0] - h, centres[:, 1] - h]
+    windows = sliding_window_view(image, (size, size), axis=(0, 1))
+    return windows[centres[:, 0] - h, centres[:, 1] - h].transpose(0, 2, 3, 1)
 
 
-def _mirrored(image: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    """The ``size`` square at ``(y0, x0)``, the part outside the image mirrored in (channels
-    first for a colour image, as :func:`extract` builds its patches)."""
-    hgt, wid = image.shape[:2]
-    ya, xa = max(y0, 0), max(x0, 0)
-    yb, xb = min(y0 + size, hgt), min(x0 + size, wid)
-    if yb - ya <= size // 2 or xb - xa <= size // 2:
-        raise ValueError(f"a patch of {size} at ({y0 + size // 2}, {x0 + size // 2}) lies "
-                         f"mostly outside the {wid}x{hgt} image")
-    pad = ((ya - y0, y0 + size - yb), (xa - x0, x0 + size - xb))
-    part = image[ya:yb, xa:xb]
-    if image.ndim == 2:
-        return np.pad(part, pad, mode="reflect")
-    return np.pad(part, pad + ((0, 0),), mode="reflect").transpose(2, 0, 1)
+def _mirror_pad(image: np.ndarray, pad: int) -> np.ndarray:
+    """``image`` with ``pad`` pixels mirrored out at every side (the edge pixel not
+    repeated)."""
+    if image.ndim == 2 or image.shape[2] in (3, 4):
+        return cv2.copyMakeBorder(np.ascontiguousarray(image), pad, pad, pad, pad,
+                                  cv2.BORDER_REFLECT_101)
+    return np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
 def inside(centres: np.ndarray, size: int, shape: tuple[int, ...]) -> np.ndarray:
