@@ -12,7 +12,9 @@ How far apart the APs are (``ap_step`` 0) follows from the frames' signal-to-noi
 a single frame's detail in the AP boxes is at or below its noise (a low-contrast mare in
 poor light), the stack is limited by noise, not by blur: the grid is laid twice as
 dense, so that every pixel is blended from more overlapping AP stacks, each of its own
-best frames, and so from more distinct frames (:func:`detail_to_noise`).
+best frames, and so from more distinct frames (:func:`detail_to_noise`). A grid that
+keeps only a few APs (a small planet) is laid twice as dense too: more of them reach the
+disk's limb and each is chosen more locally, for a cost that is small in any case.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class APParams:
     min_brightness: float = 0.1  # drop APs with under 16 pixels at this share of the bright end
     min_structure: float = 0.02  # drop APs with less structure than this share of the 90th pct
     dense_below: float = 2.0  # step 0: APs twice as dense under this detail-to-noise (0: never)
+    dense_under: int = 16  # step 0: a grid keeping fewer APs is laid twice as dense (0: never)
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 512 or self.size % 2:
@@ -60,6 +63,9 @@ class APParams:
             raise ValueError(f"ap_min_structure must be in [0, 1), got {self.min_structure}")
         if not 0.0 <= self.dense_below <= 1000.0:  # NaN too
             raise ValueError(f"ap_dense_below must be 0..1000, got {self.dense_below}")
+        if isinstance(self.dense_under, bool) or not isinstance(self.dense_under, int) \
+                or not 0 <= self.dense_under <= 10000:
+            raise ValueError(f"ap_dense_under must be 0..10000 APs, got {self.dense_under}")
 
     @property
     def spacing(self) -> int:
@@ -80,6 +86,11 @@ class APParams:
         box) when ``ap_step`` is 0 and ``detail`` is under ``ap_dense_below``."""
         if self.step or not detail < self.dense_below:  # NaN: not measured
             return self.spacing
+        return self.dense_spacing
+
+    @property
+    def dense_spacing(self) -> int:
+        """The step of a grid laid twice as dense: three eighths of the box."""
         return max(4, (self.size * 3) // 8)
 
     @property
@@ -117,7 +128,11 @@ class APGrid:
         A frame's detail over its noise in the AP boxes (:func:`detail_to_noise`), which
         chose the step; NaN where not measured.
     dense : bool
-        Laid twice as dense as :attr:`APParams.spacing` for that reason.
+        Laid twice as dense as :attr:`APParams.spacing`: because of that, or because the
+        usual grid keeps fewer than ``ap_dense_under`` APs (a small disk: at hardly any
+        cost, more APs reach its limb and each is chosen more locally).
+    dense_reason : str
+        Why, in words ("" when not dense).
     """
 
     centres: np.ndarray
@@ -131,6 +146,7 @@ class APGrid:
     steps: tuple[int, int] = (0, 0)
     detail: float = float("nan")
     dense: bool = False
+    dense_reason: str = ""
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -190,7 +206,7 @@ def lay_grid(
     frame : numpy.ndarray, optional
         float32 luminance of one frame on the reference's scale (the best), whose noise
         decides the step when ``params.step`` is 0 (:meth:`APParams.spacing_at`); without
-        it the step is :attr:`APParams.spacing`.
+        it only the number of APs does (``ap_dense_under``).
     frame_shift : tuple
         ``(dy, dx)`` global shift of ``frame``: the reference's point ``p`` is the frame's
         ``p + frame_shift``.
@@ -202,16 +218,23 @@ def lay_grid(
     if reference.ndim != 2:
         raise ValueError(f"reference must be a 2-D luminance image, got shape {reference.shape}")
     grid = _lay(reference, params, params.spacing, box)
-    if frame is None or params.step or not params.dense_below or not len(grid):
+    if params.step or not len(grid):
         return grid
-    if frame.ndim != 2:
-        raise ValueError(f"frame must be a 2-D luminance image, got shape {frame.shape}")
-    detail = detail_to_noise(reference, frame, grid.centres, params.size,
-                             frame_shift=frame_shift)
-    step = params.spacing_at(detail)
-    if step == params.spacing:
+    detail = float("nan")
+    if frame is not None and params.dense_below:
+        if frame.ndim != 2:
+            raise ValueError(f"frame must be a 2-D luminance image, got shape {frame.shape}")
+        detail = detail_to_noise(reference, frame, grid.centres, params.size,
+                                 frame_shift=frame_shift)
+    if params.spacing_at(detail) != params.spacing:
+        reason = (f"a frame's detail is {detail:.3g}x its noise (under ap_dense_below "
+                  f"{params.dense_below:g})")
+    elif len(grid) < params.dense_under:
+        reason = f"the usual grid keeps {len(grid)} APs (under ap_dense_under {params.dense_under})"
+    else:
         return replace(grid, detail=detail)
-    return replace(_lay(reference, params, step, box), detail=detail, dense=True)
+    return replace(_lay(reference, params, params.dense_spacing, box), detail=detail,
+                   dense=True, dense_reason=reason)
 
 
 def _lay(reference: np.ndarray, params: APParams, step: int,

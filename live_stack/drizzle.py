@@ -264,7 +264,7 @@ class DrizzleSums:
                       step=self._fine_step(grid, grid.step),
                       steps=(self._fine_step(grid, grid.steps[0] or grid.step),
                              self._fine_step(grid, grid.steps[1] or grid.step)),
-                      detail=grid.detail, dense=grid.dense)
+                      detail=grid.detail, dense=grid.dense, dense_reason=grid.dense_reason)
 
     def _fine_step(self, grid: APGrid, step: int) -> int:
         """A step of the grid on the fine pixels: the boxes overlap as much (scaled)."""

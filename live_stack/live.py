@@ -834,6 +834,7 @@ class LiveStacker:
             # detail is under its noise (apgrid.lay_grid; detail None: not measured)
             "ap_step": 0 if state is None else int(state.grid.step),
             "ap_dense": False if state is None else bool(state.grid.dense),
+            "ap_dense_reason": "" if state is None else state.grid.dense_reason,
             "ap_detail": None if state is None or np.isnan(state.grid.detail)
             else round(float(state.grid.detail), 3),
             "frames_per_ap": 0 if state is None else int(state.counts[0]),

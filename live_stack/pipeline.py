@@ -163,6 +163,7 @@ class PipelineResult:
             # a frame's detail over its noise in the AP boxes (None: not measured)
             "ap_detail": None if np.isnan(self.grid.detail) else round(self.grid.detail, 3),
             "ap_dense": self.grid.dense,
+            "ap_dense_reason": self.grid.dense_reason,
             "local_measured": self.local_measured,
             "local_failed": self.local_failed,
             "stacks": {s.size: s.frames_per_ap for s in self.stacks},

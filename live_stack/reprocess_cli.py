@@ -340,10 +340,12 @@ def print_summary(path: str, s: dict) -> None:
           f"{s['aps']} APs ({s['aps_dropped_dim']} dim and {s['aps_dropped_flat']} flat "
           f"dropped), local shifts {s['local_measured']} measured / {s['local_failed']} "
           f"fell back")
-    if s.get("ap_detail") is not None and s.get("ap_step"):
+    if s.get("ap_dense"):
+        print(f"  APs {s['ap_step']} px apart, a grid twice as dense: "
+              f"{s.get('ap_dense_reason', '')}")
+    elif s.get("ap_detail") is not None and s.get("ap_step"):
         print(f"  APs {s['ap_step']} px apart; a frame's detail is {s['ap_detail']:.3g}x its "
-              "noise in their boxes" + (" (under --ap-dense-below: a grid twice as dense, "
-                                        "against the noise)" if s.get("ap_dense") else ""))
+              "noise in their boxes")
     if s.get("files_left_out"):
         print(f"  {s['files_left_out']} image file(s) left out: they cannot be read (see "
               "the warning)")

@@ -34,7 +34,7 @@ def moon(scene_canvas):
 
 @pytest.mark.parametrize("size", [32, 48])
 def test_planet_grid_leaves_out_the_sky(planet, size) -> None:
-    grid = lay_grid(planet, APParams(size=size))
+    grid = lay_grid(planet, APParams(size=size, dense_under=0))  # the usual step
     sky_level = 0.02 * float(planet.max())
     disk = planet > 0.1 * float(planet.max())
     assert len(grid) >= 4
@@ -163,6 +163,8 @@ def test_lay_grid_rejects_a_colour_reference(moon) -> None:
     ({"size": 32, "search": 17}, "ap_search"), ({"min_brightness": 1.0}, "ap_min_brightness"),
     ({"min_structure": -0.1}, "ap_min_structure"),
     ({"dense_below": -1.0}, "ap_dense_below"), ({"dense_below": float("nan")}, "ap_dense_below"),
+    ({"dense_under": -1}, "ap_dense_under"), ({"dense_under": 2.5}, "ap_dense_under"),
+    ({"dense_under": True}, "ap_dense_under"),
 ])
 def test_params_validation_names_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=field):
@@ -242,3 +244,21 @@ def test_a_grid_twice_as_dense_where_the_detail_is_under_the_noise(seeing_moon) 
         assert not grid.dense and np.array_equal(grid.centres, usual.centres)
     with pytest.raises(ValueError, match="frame"):
         lay_grid(moon, params, frame=np.stack([noisy] * 3, axis=-1))
+
+
+def test_a_grid_of_a_few_aps_is_laid_twice_as_dense(planet) -> None:
+    """A small disk keeps few APs on the usual grid: it gets one twice as dense (more APs
+    reach its limb, each chosen more locally), unless ``dense_under`` is 0 or a step is
+    given; a grid that keeps enough is left as it is."""
+    usual = lay_grid(planet, APParams(size=64, dense_under=0))
+    assert 2 <= len(usual) < 16 and not usual.dense
+    few = lay_grid(planet, APParams(size=64))
+    assert few.dense and few.step <= APParams(size=64).dense_spacing == 24
+    assert len(few) > 2 * len(usual)
+    assert f"keeps {len(usual)} APs" in few.dense_reason and "ap_dense_under" in few.dense_reason
+    given = lay_grid(planet, APParams(size=64, step=48))
+    assert not given.dense and np.array_equal(given.centres, usual.centres)
+    disk = planet > 0.1 * float(planet.max())
+    assert all(disk[box].any() for box in _boxes(few))  # still no box of sky alone
+    enough = lay_grid(planet, APParams(size=64, dense_under=len(usual)))
+    assert not enough.dense and np.array_equal(enough.centres, usual.centres)
