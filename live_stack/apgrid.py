@@ -201,8 +201,8 @@ def lay_grid(
     params : APParams
         Grid parameters.
     box : tuple, optional
-        ``(y0, x0, y1, x1)`` area the APs' patches (box plus search margin) must stay in;
-        default the whole image.
+        ``(y0, x0, y1, x1)`` area the APs' boxes stay in, the outer ones on its edges
+        (their patches' search margins reach past it); default the whole image.
     frame : numpy.ndarray, optional
         float32 luminance of one frame on the reference's scale (the best), whose noise
         decides the step when ``params.step`` is 0 (:meth:`APParams.spacing_at`); without
