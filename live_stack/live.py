@@ -798,7 +798,9 @@ class LiveStacker:
         t1 = time.perf_counter()
         self._timing["sync"] += t1 - t0
         ref = self._reference(state.origin)
-        box = ref.box  # where the background is made of every one of its frames
+        # where the background is made of every one of its frames, less what lies past
+        # the grid's rim boxes by a search radius at most
+        box = rim_crop(ref.box, state.grid)
         p = self._params
         image, _ = crop_output(state.image(ref.image, p.blend, crop=box), box, p.drizzle)
         image, notes = finish(image, rgbalign=p.rgbalign, normalize_params=p.normalize,
@@ -861,6 +863,30 @@ class LiveStacker:
             "timings_ms": {k: round(v * 1e3 / max(self._seen, 1), 4)
                            for k, v in self._timing.items()},
         }
+
+
+def rim_crop(box: tuple[int, int, int, int], grid: APGrid) -> tuple[int, int, int, int]:
+    """The snapshot's crop: ``box``, the area its reference's frames cover, pulled in to
+    the grid's outer boxes where they end short of it by no more than the search radius.
+
+    The grid was laid on the area the frames covered then (:func:`lay_grid` puts the rim
+    boxes on its edges, and :func:`live_stack.stack.blend` does not fade them towards the
+    crop's edge); the frames now may cover a pixel or two more. Cropping those keeps the
+    stack, not the blurrier reference, at the snapshot's edges. A grid that ends further
+    inside (a planet's, whose sky APs are dropped) leaves the crop alone.
+    """
+    if not len(grid):
+        return box
+    half = grid.size // 2
+    top, left = (int(v) - half for v in grid.centres.min(axis=0))
+    bottom, right = (int(v) + half for v in grid.centres.max(axis=0))
+    y0, x0, y1, x1 = box
+    near = grid.search
+    y0 = top if 0 < top - y0 <= near else y0
+    x0 = left if 0 < left - x0 <= near else x0
+    y1 = bottom if 0 < y1 - bottom <= near else y1
+    x1 = right if 0 < x1 - right <= near else x1
+    return (y0, x0, y1, x1)
 
 
 def _gate_step(quality: float, worst: float, count: int) -> tuple[bool, int]:

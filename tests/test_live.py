@@ -351,8 +351,11 @@ def test_stats_fields_and_msgpack(sim_capture) -> None:
     half = snap.ap_size // 2
     assert np.all(snap.ap_centres >= 0)
     assert np.all(snap.ap_centres[:, 0] < h) and np.all(snap.ap_centres[:, 1] < w)
-    assert (snap.ap_centres - half).min() <= 0  # the rim boxes reach the edges
-    assert (snap.ap_centres - half).min() >= -half // 2
+    # the rim boxes reach all four edges (the crop pulled in to them, live.rim_crop)
+    c = snap.ap_centres
+    assert (c - half).min(axis=0).max() <= 0
+    assert c[:, 0].max() + half >= h and c[:, 1].max() + half >= w
+    assert (c - half).min() >= -half // 2
 
 
 def test_buffer_never_exceeds_its_size(sim_capture) -> None:
@@ -541,3 +544,24 @@ def test_the_gate_still_notices_a_new_target(sim_capture) -> None:
     limit = LiveParams().reset_after + GATE_SAMPLE + 2 * CHUNK
     assert reset_at is not None and reset_at <= limit, reset_at
     assert st.stats()["dropped_unaligned"] > 0
+
+
+def test_the_snapshot_crop_is_pulled_in_to_the_rim_boxes() -> None:
+    """A grid laid on a slightly smaller area than the snapshot's frames cover now: the
+    crop loses the pixels past the rim boxes (up to the search radius), so the stack, not
+    the reference, reaches the snapshot's edges; a grid further inside (a planet's)
+    leaves the crop alone."""
+    from live_stack.apgrid import APGrid
+    from live_stack.live import rim_crop
+
+    centres = np.array([[40, 40], [40, 100], [100, 40], [100, 100]])
+    grid = APGrid(centres=centres, size=64, search=8, shape=(200, 200))
+    # the boxes span 8..132 in both axes
+    assert rim_crop((6, 3, 135, 132), grid) == (8, 8, 132, 132)
+    assert rim_crop((6, 0, 141, 132), grid) == (8, 8, 141, 132)  # 9 px past: left alone
+    assert rim_crop((8, 8, 132, 132), grid) == (8, 8, 132, 132)  # already on the edges
+    disk = APGrid(centres=np.array([[80, 80], [80, 120]]), size=64, search=8,
+                  shape=(200, 200))  # boxes 48..112 x 48..152: far inside, left alone
+    assert rim_crop((0, 0, 200, 200), disk) == (0, 0, 200, 200)
+    empty = APGrid(centres=np.zeros((0, 2), np.intp), size=64, search=8, shape=(200, 200))
+    assert rim_crop((6, 3, 135, 132), empty) == (6, 3, 135, 132)
