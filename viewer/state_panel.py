@@ -166,6 +166,23 @@ def format_state(status: Mapping[str, Any]) -> str:
     return text
 
 
+def format_aps(status: Mapping[str, Any]) -> str:
+    """``475, 24 px apart, twice as dense: <why>``: the AP count, and the grid's step and
+    why it was laid twice as dense where the stacker says so (its ``ap_step``,
+    ``ap_dense``, ``ap_dense_reason``); :data:`MISSING` without a count."""
+    text = _count(status.get("aps"))
+    if text == MISSING:
+        return text
+    stacker = _map(status.get("stacker"))
+    step = _number(stacker.get("ap_step"))
+    if step:
+        text += f", {int(step)} px apart"
+    reason = stacker.get("ap_dense_reason")
+    if stacker.get("ap_dense") is True:
+        text += ", twice as dense" + (f": {reason}" if isinstance(reason, str) and reason else "")
+    return text
+
+
 def format_status(status: Mapping[str, Any]) -> dict[str, str]:
     """The daemon's status map as the panel's texts, keyed by :data:`FIELDS` names.
 
@@ -184,7 +201,7 @@ def format_status(status: Mapping[str, Any]) -> dict[str, str]:
         "rejected": format_counts(status.get("rejected")),
         "queue": format_fill(status.get("queue")),
         "buffer": format_fill(status.get("buffer")),
-        "aps": _count(status.get("aps")),
+        "aps": format_aps(status),
         "latency": format_seconds(status.get("latency_s")),
         "saved": format_saved(output),
         "disk": format_disk(output, status.get("recording")),

@@ -242,6 +242,19 @@ def test_the_panel_shows_save_errors_low_disk_space_and_a_stopped_recording():
     assert ok["disk"] == "5000 MiB free" and ok["saved"] == "not yet"
 
 
+def test_the_aps_line_says_the_step_and_why_the_grid_is_dense():
+    dense = {**STATUS, "aps": 475, "stacker": {
+        "ap_step": 24, "ap_dense": True, "ap_detail": 0.43,
+        "ap_dense_reason": "a frame's detail is 0.43x its noise (under ap_dense_below 2)"}}
+    assert format_status(dense)["aps"] == ("475, 24 px apart, twice as dense: a frame's "
+                                           "detail is 0.43x its noise (under ap_dense_below 2)")
+    usual = {**STATUS, "stacker": {"ap_step": 47, "ap_dense": False, "ap_dense_reason": ""}}
+    assert format_status(usual)["aps"] == "48, 47 px apart"
+    odd = {**STATUS, "stacker": {"ap_step": "x", "ap_dense": "yes", "ap_dense_reason": 3}}
+    assert format_status(odd)["aps"] == "48"
+    assert format_status({"stacker": {"ap_step": 24}})["aps"] == MISSING
+
+
 def test_format_status_of_an_empty_or_garbled_map():
     empty = format_status({})
     assert empty["state"] == MISSING and empty["rate_in"] == MISSING
