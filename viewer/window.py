@@ -166,6 +166,9 @@ class MainWindow(QMainWindow):
         self.history_panel.requested.connect(self.send_request)
         self.history_panel.reopen.connect(self._reopen)
         link.arrived.connect(self._take)
+        #: Set when the window closes: what the network thread queued before is dropped
+        #: (a status applied then could make a panel send a request on a stopped link).
+        self._closed = False
         self._health = QTimer(self)
         self._health.setInterval(round(self.params.check_interval_s * 1000))
         self._health.timeout.connect(self.check_health)
@@ -197,7 +200,10 @@ class MainWindow(QMainWindow):
         self._show_link(now)
 
     def send_request(self, request: dict[str, Any]) -> None:
-        """Send a control request; a request the daemon would refuse is shown as an error."""
+        """Send a control request; a request the daemon would refuse is shown as an error.
+        After the window has closed, requests are dropped."""
+        if self._closed:
+            return
         try:
             self.link.request(request)
         except ValueError as exc:
@@ -205,11 +211,14 @@ class MainWindow(QMainWindow):
             panel.show_reply(Reply(dict(request), False, None, str(exc)))
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+        self._closed = True
         self._health.stop()
         self.link.stop()
         super().closeEvent(event)
 
     def _take(self) -> None:
+        if self._closed:
+            return
         inbox = self.link.take()
         self._apply(inbox)
 

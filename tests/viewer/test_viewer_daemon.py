@@ -423,3 +423,19 @@ def test_files_a_folder_source_skipped_are_shown_per_source(qtbot, daemon, open_
             w.wake()
         thread.join(WAIT_MS / 1000)
     assert not thread.is_alive()
+
+
+def test_nothing_is_sent_after_the_window_closes(qtbot, daemon, open_window):
+    """What the network thread queued before the window closed is dropped: a status
+    applied then made the history panel ask for the list on the stopped link (a
+    RuntimeError in Qt's event loop, seen once at a test's teardown)."""
+    window = open_window(daemon.link_params)
+    qtbot.waitUntil(lambda: window.stacks_shown > 0, timeout=WAIT_MS)
+    window.close()
+    assert window.link._pipe is None  # the link is stopped
+    shown = window.stacks_shown
+    window.link.arrived.emit()  # a wake-up queued before the close
+    window.history_panel.show_status({"output": {"saves": 12345}})  # asks for the list
+    window.control_panel.save_button.click()
+    qtbot.wait(50)
+    assert window.stacks_shown == shown
