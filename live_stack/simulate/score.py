@@ -171,6 +171,19 @@ def _shift_image(image: np.ndarray, shape: tuple[int, int], sy: float, sx: float
     return out[before : before + hs, before : before + ws]
 
 
+def truth_on(stack: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The truth's luminance moved onto the pixels of ``stack`` as :func:`score` compares
+    them (registered by translation, :func:`register`; Lanczos-interpolated), NaN where
+    it does not cover them: float32, ``stack``'s height and width."""
+    s = luminance(_as_float(stack, "stack"))
+    t = luminance(_as_float(truth, "truth"))
+    sy, sx = register(s, t)
+    ys, xs = _overlap(s.shape, t.shape, sy, sx)
+    out = np.full(s.shape, np.nan, dtype=np.float32)
+    out[ys, xs] = _shift_image(t, s.shape, sy, sx)[ys, xs]
+    return out
+
+
 def _overlap(
     stack_shape: tuple[int, int], truth_shape: tuple[int, int], sy: float, sx: float
 ) -> tuple[slice, slice]:

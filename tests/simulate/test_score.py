@@ -18,6 +18,7 @@ from live_stack.simulate.score import (
     register,
     score,
     ssim,
+    truth_on,
 )
 
 W, H = 200, 150
@@ -222,3 +223,22 @@ def test_noise_evenness_leaves_the_sky_out() -> None:
     with pytest.raises(ValueError, match="object"):
         noise_evenness(dark + 0.001 * rng.standard_normal(dark.shape).astype(np.float32),
                        dark, tile=64)
+
+
+def test_truth_on_is_the_truth_under_the_stack(moon: np.ndarray) -> None:
+    """The truth moved onto a crop of itself: the crop again (to the registration's and
+    the interpolation's precision), NaN where the truth does not reach."""
+    crop = moon[30:130, 40:160].astype(np.float32)
+    assert np.abs(truth_on(crop, moon) - crop).max() < 0.01
+    frac = _shifted_crop(moon, -0.3, 0.7, 30, 40, 100, 120)
+    got = truth_on(frac, moon)
+    inner = got[3:-3, 3:-3]
+    diff = inner - frac[3:-3, 3:-3]  # Lanczos against the crop's cubic spline
+    assert np.isfinite(inner).all() and np.sqrt(np.mean(diff**2)) < 0.005
+    assert np.abs(diff).max() < 0.05
+    # a stack hanging past the truth's corner: the part outside is NaN
+    past = np.zeros((60, 60), np.float32)
+    past[10:, 10:] = moon[:50, :50]
+    out = truth_on(past, moon)
+    assert np.isnan(out[:9, :]).all() and np.isnan(out[:, :9]).all()
+    assert np.abs(out[11:, 11:] - moon[1:50, 1:50]).max() < 0.02
