@@ -103,6 +103,21 @@ def machine_info() -> dict[str, object]:
     }
 
 
+def named_luminances(parser, items: list[str]) -> list[tuple[str, np.ndarray]]:
+    """``NAME=IMAGE`` arguments read as ``(name, float32 luminance)``; a malformed one is
+    a usage error naming it (``parser.error``)."""
+    from live_stack.frames import luminance, to_float32
+    from live_stack.io.images import read_image
+
+    named = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"{item!r} is not NAME=IMAGE")
+        named.append((name, luminance(to_float32(read_image(Path(path))[0]))))
+    return named
+
+
 def print_header(title: str) -> None:
     """Print the benchmark's title, command line, date and machine."""
     print(f"# {title}")

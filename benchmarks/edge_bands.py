@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from _common import print_header
+from _common import named_luminances, print_header
 
 from live_stack.frames import luminance, to_float32
 from live_stack.io.images import read_image
@@ -81,12 +81,7 @@ def main() -> int:
     args = p.parse_args()
     if args.band < 1 or args.bands < 1 or args.inner < 0:
         p.error("--band and --bands must be >= 1, --inner >= 0")
-    named = []
-    for item in args.images:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            p.error(f"{item!r} is not NAME=IMAGE")
-        named.append((name, luminance(to_float32(read_image(Path(path))[0]))))
+    named = named_luminances(p, args.images)
     truth = luminance(to_float32(read_image(args.truth)[0])) if args.truth else None
     print_header("stack figures by distance from the edge")
     kind = "PSNR dB against the truth" if truth is not None else "gradient energy x 1e-5"

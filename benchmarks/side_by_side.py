@@ -25,9 +25,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _common import named_luminances
 
-from live_stack.frames import luminance, to_float32
-from live_stack.io.images import read_image
 from live_stack.simulate.score import gradient_energy, register
 
 #: Height of the label band above each crop, pixels.
@@ -43,12 +42,7 @@ def main() -> int:
                    help="top-left corner of a square in the first image (default: its centre)")
     p.add_argument("--side", type=int, default=160, help="side of each square, pixels (160)")
     args = p.parse_args()
-    named = []
-    for item in args.images:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            p.error(f"{item!r} is not NAME=IMAGE")
-        named.append((name, luminance(to_float32(read_image(Path(path))[0]))))
+    named = named_luminances(p, args.images)
     base = named[0][1]
     corners = [tuple(int(v) for v in a.split(",")) for a in args.at] if args.at else \
         [((base.shape[0] - args.side) // 2, (base.shape[1] - args.side) // 2)]
