@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import reprlib
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -59,7 +60,7 @@ from live_stack.frames import check_frame, luminance, luminance_u8_or_f32
 from live_stack.local import parse_stack_size, stack_count
 from live_stack.parallel import split_run
 from live_stack.pipeline import PHASE_FIELDS, PhaseParams
-from live_stack.quality import QualityMap, box_quality, quality_map
+from live_stack.quality import QualityMap, Scratch, box_quality, quality_map
 from live_stack.reference import Reference, ReferenceParams, make_reference, reference_count
 
 R = TypeVar("R")
@@ -200,6 +201,7 @@ class LiveStacker:
             raise ValueError(f"params must be LiveParams, got {type(params).__name__}")
         self._params = params
         self._pool: ThreadPoolExecutor | None = None
+        self._buffers = threading.local()  # each thread's quality Scratch
         self.reset()
 
     def close(self) -> None:
@@ -222,6 +224,13 @@ class LiveStacker:
             self._pool = ThreadPoolExecutor(max_workers=threads - 1,
                                             thread_name_prefix="live-stack")
         return split_run(work, n, self._pool, parts=threads, min_items=min_items)
+
+    def _scratch(self) -> Scratch:
+        """The calling thread's quality work buffers (kept between frames)."""
+        scratch = getattr(self._buffers, "scratch", None)
+        if scratch is None:
+            scratch = self._buffers.scratch = Scratch()
+        return scratch
 
     # ------------------------------------------------------------------ state
     @property
@@ -389,7 +398,8 @@ class LiveStacker:
         t0 = time.perf_counter()
         qp = self._params.quality
         maps = [m for part in self._split(
-            lambda a, b: [quality_map(f, qp) for f in frames[a:b]], len(frames),
+            lambda a, b: [quality_map(f, qp, scratch=self._scratch()) for f in frames[a:b]],
+            len(frames),
             MIN_FRAMES_PER_THREAD) for m in part]
         t1 = time.perf_counter()
         self._timing["quality"] += t1 - t0

@@ -9,6 +9,7 @@ import pytest
 from live_stack.quality import (
     METHODS,
     QualityParams,
+    Scratch,
     box_quality,
     detail_response,
     quality_map,
@@ -49,7 +50,7 @@ def test_blurred_frame_ranks_below_its_sharp_original(moon, as_dtype, method, dt
 
 @pytest.mark.parametrize("method", METHODS)
 def test_noise_robust_with_default_params(moon, method) -> None:
-    """Noise does not pass for detail: the default pre-blur and downsampling keep a noisy
+    """Noise does not pass for detail: the default pre-blur keeps a noisy
     sharp frame above a clean blurred one, and a noisy blurred one below a clean sharp
     one."""
     params = QualityParams(method=method)
@@ -60,8 +61,9 @@ def test_noise_robust_with_default_params(moon, method) -> None:
         "blurred_noisy": _noisy(blurred, STRONG_NOISE, 2)}.items()}
     assert q["sharp_noisy"] > 1.5 * q["blurred"]
     assert q["sharp"] > 1.5 * q["blurred_noisy"]
-    # the noise barely moves the measure
-    assert q["blurred_noisy"] == pytest.approx(q["blurred"], rel=0.1)
+    # the noise moves the measure little (at full resolution a little more than with the
+    # old 2x downsampling, which gave up ranking accuracy on bright captures for it)
+    assert q["blurred_noisy"] == pytest.approx(q["blurred"], rel=0.2)
 
 
 def test_unfiltered_laplacian_is_fooled_by_noise(moon) -> None:
@@ -146,6 +148,30 @@ def test_rank_order_best_and_normalized(moon) -> None:
     assert calls and calls[-1] == (3, 3)
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scratch_buffers_give_the_same_cells(moon, as_dtype, method, dtype) -> None:
+    """Work buffers reused across frames of different content and sizes change nothing,
+    and the downsampled and unblurred paths use them as well."""
+    scratch = Scratch()
+    for params in (QualityParams(method=method), QualityParams(method=method, blur=1),
+                   QualityParams(method=method, downsample=2, blur=5, cell=8)):
+        for frame in (as_dtype(moon, dtype), as_dtype(_blur(moon, 1.5), dtype),
+                      as_dtype(moon[:200, :288], dtype), as_dtype(moon, dtype)):
+            fresh = quality_map(frame, params).cells
+            reused = quality_map(frame, params, scratch=scratch).cells
+            np.testing.assert_array_equal(reused, fresh)
+
+
+def test_rank_in_threads_equals_one_thread(moon) -> None:
+    """Each worker thread keeps its own buffers: two threads rank as one does."""
+    frames = [_noisy(_blur(moon, s), 0.01, seed) for seed, s in enumerate(
+        (0.6, 2.5, 1.0, 1.5, 0.8, 2.0, 1.2, 3.0))]
+    one, two = rank(frames, threads=1), rank(frames, threads=2)
+    np.testing.assert_array_equal(one.maps, two.maps)
+    assert list(one.order) == list(two.order)
+
+
 def test_rank_rejects_empty() -> None:
     with pytest.raises(ValueError, match="empty"):
         rank([])
@@ -153,7 +179,7 @@ def test_rank_rejects_empty() -> None:
 
 def test_quality_map_rejects_a_too_small_frame() -> None:
     with pytest.raises(ValueError, match="too small"):
-        quality_map(np.zeros((20, 20), np.uint8), QualityParams(cell=16))
+        quality_map(np.zeros((20, 20), np.uint8), QualityParams(downsample=2, cell=16))
 
 
 @pytest.mark.parametrize(("field", "value"), [
