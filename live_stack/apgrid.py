@@ -133,6 +133,10 @@ class APGrid:
         cost, more APs reach its limb and each is chosen more locally).
     dense_reason : str
         Why, in words ("" when not dense).
+    faint : bool
+        Laid dense because a frame's detail is under its noise (``ap_dense_below``): the
+        APs' frames are then chosen by the coarser quality measure
+        (:attr:`live_stack.quality.QualityParams.faint`), which noise fools less.
     """
 
     centres: np.ndarray
@@ -147,6 +151,7 @@ class APGrid:
     detail: float = float("nan")
     dense: bool = False
     dense_reason: str = ""
+    faint: bool = False
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -226,7 +231,8 @@ def lay_grid(
             raise ValueError(f"frame must be a 2-D luminance image, got shape {frame.shape}")
         detail = detail_to_noise(reference, frame, grid.centres, params.size,
                                  frame_shift=frame_shift)
-    if params.spacing_at(detail) != params.spacing:
+    faint = params.spacing_at(detail) != params.spacing
+    if faint:
         reason = (f"a frame's detail is {detail:.3g}x its noise (under ap_dense_below "
                   f"{params.dense_below:g})")
     elif len(grid) < params.dense_under:
@@ -234,7 +240,7 @@ def lay_grid(
     else:
         return replace(grid, detail=detail)
     return replace(_lay(reference, params, params.dense_spacing, box), detail=detail,
-                   dense=True, dense_reason=reason)
+                   dense=True, dense_reason=reason, faint=faint)
 
 
 def _lay(reference: np.ndarray, params: APParams, step: int,

@@ -504,7 +504,7 @@ class LiveStacker:
     def _warm_up(self, frame: np.ndarray, qmap: QualityMap, now: float) -> AddResult:
         """Collect a frame before the first reference; start when enough are there."""
         quality = self._see(qmap)
-        self._warm.append((np.array(frame, copy=True), quality, qmap.cells, now))
+        self._warm.append((np.array(frame, copy=True), quality, qmap.layers, now))
         if len(self._warm) >= self._params.warmup:
             t = time.perf_counter()
             self._start()
@@ -529,7 +529,7 @@ class LiveStacker:
         slot = self._free_slot(quality)
         if slot is None:
             return self._drop_for_quality(quality, t2)
-        self._store(slot, frame, quality, qmap.cells, np.array([dy, dx]), now)
+        self._store(slot, frame, quality, qmap.layers, np.array([dy, dx]), now)
         self._recent.append((slot, snr))
         self._admitted += 1
         self._since_reference += 1
@@ -663,8 +663,10 @@ class LiveStacker:
 
     # ------------------------------------------------------------------ per-AP
     def _ap_quality(self, state: APStack, slots: np.ndarray) -> np.ndarray:
-        """``(k, m)`` quality of the frames in ``slots`` at ``state``'s APs."""
-        return box_quality(self._cells[slots], self._scale, state.grid.boxes,
+        """``(k, m)`` quality of the frames in ``slots`` at ``state``'s APs (by the coarser
+        measure on a grid laid for a faint capture, as offline)."""
+        layer = 1 if state.grid.faint and self._cells.shape[1] > 1 else 0
+        return box_quality(self._cells[slots, layer], self._scale, state.grid.boxes,
                            self._shift[slots] + state.origin)
 
     def _new_engine(self, grid: APGrid, reference: np.ndarray) -> APStack:

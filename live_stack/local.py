@@ -137,14 +137,16 @@ class Selection:
 def ap_quality(ranking: Ranking, alignment: GlobalAlignment, grid: APGrid) -> np.ndarray:
     """Local quality of every frame at every AP, ``(n, m)`` float32.
 
+    On a grid laid for a faint capture (``grid.faint``) by the ranking's coarser measure.
     Frames that failed global alignment get ``-inf``.
     """
     n = len(ranking.quality)
     table = np.empty((n, len(grid)), dtype=np.float32)
     boxes = grid.boxes
+    maps = ranking.selection_maps(grid.faint)
     for start in range(0, n, QUALITY_CHUNK):
         stop = min(n, start + QUALITY_CHUNK)
-        table[start:stop] = box_quality(ranking.maps[start:stop], ranking.scale, boxes,
+        table[start:stop] = box_quality(maps[start:stop], ranking.scale, boxes,
                                         alignment.shifts[start:stop])
     table[~alignment.ok] = -np.inf
     return table

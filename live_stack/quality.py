@@ -28,12 +28,21 @@ METHODS = ("laplacian", "gradient")
 
 @dataclass(frozen=True)
 class QualityParams:
-    """Parameters of the quality measure (CLI/config prefix ``quality_``)."""
+    """Parameters of the quality measure (CLI/config prefix ``quality_``).
+
+    Frames are measured twice on the same cells: by the fine measure (``downsample``,
+    ``blur``), which ranks them and picks each AP's frames, and by a coarser one
+    (``faint_*``), which picks them instead on a grid laid for a faint capture (a
+    frame's detail under its noise, ``ap_dense_below``), where the fine band is mostly
+    noise.
+    """
 
     method: str = "laplacian"  # "laplacian" (second derivative) or "gradient" (Sobel magnitude)
     downsample: int = 1  # area-downsampling factor before measuring (1 = full resolution)
     blur: int = 7  # Gaussian pre-blur kernel size in downsampled pixels (odd, 1 = none)
     cell: int = 16  # side, in downsampled pixels, of the cells the local quality is summed over
+    faint_blur: int = 5  # blur of the coarser measure for a faint grid's APs (odd, 0 = none)
+    faint_downsample: int = 2  # its area-downsampling (1 where it does not divide the cells' side)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -44,6 +53,30 @@ class QualityParams:
             raise ValueError(f"quality_blur must be an odd size 1..31, got {self.blur}")
         if not 2 <= self.cell <= 64:
             raise ValueError(f"quality_cell must be 2..64, got {self.cell}")
+        if self.faint_blur and (self.faint_blur % 2 == 0 or self.faint_blur > 31):
+            raise ValueError(f"quality_faint_blur must be 0 or an odd size 1..31, "
+                             f"got {self.faint_blur}")
+        if not 1 <= self.faint_downsample <= 8:
+            raise ValueError(f"quality_faint_downsample must be 1..8, got {self.faint_downsample}")
+        side = self.downsample * self.cell
+        if self.faint_blur and side // self._faint_down() > 64:
+            raise ValueError(f"quality_faint_downsample {self.faint_downsample} leaves cells of "
+                             f"{side // self._faint_down()} px (quality_downsample x "
+                             f"quality_cell = {side} px); at most 64")
+
+    @property
+    def faint(self) -> QualityParams | None:
+        """The second measure's own parameters (on the same cells), or None."""
+        if not self.faint_blur:
+            return None
+        side = self.downsample * self.cell
+        return QualityParams(method=self.method, downsample=self._faint_down(),
+                             blur=self.faint_blur, cell=side // self._faint_down(),
+                             faint_blur=0)
+
+    def _faint_down(self) -> int:
+        side, down = self.downsample * self.cell, self.faint_downsample
+        return down if side % down == 0 and side // down >= 2 else 1
 
 
 @dataclass(frozen=True)
@@ -56,10 +89,18 @@ class QualityMap:
         float32 ``(rows, cols)`` sums of the squared detail response per cell.
     scale : int
         Full-resolution pixels per cell side (``downsample * cell``).
+    faint : numpy.ndarray or None
+        The same cells' sums by the coarser measure (``QualityParams.faint``), or None.
     """
 
     cells: np.ndarray
     scale: int
+    faint: np.ndarray | None = None
+
+    @property
+    def layers(self) -> np.ndarray:
+        """``(1 or 2, rows, cols)``: the cells, then the faint measure's if any."""
+        return self.cells[None] if self.faint is None else np.stack((self.cells, self.faint))
 
     @property
     def quality(self) -> float:
@@ -84,13 +125,13 @@ class Scratch:
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The float32 buffer ``name`` of ``shape`` (its old contents are garbage)."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = np.empty(shape, dtype=np.float32)
+        buf = self._buffers.get((name, shape))
+        if buf is None:
+            buf = self._buffers[(name, shape)] = np.empty(shape, dtype=np.float32)
         return buf
 
 
@@ -162,6 +203,19 @@ def quality_map(frame: np.ndarray, params: QualityParams, *,
     QualityMap
         Per-cell sums; partial cells at the right and bottom edges are left out.
     """
+    cells = _cells(frame, params, scratch)
+    faint = params.faint
+    if faint is not None:
+        faint_cells = _cells(frame, faint, scratch)
+        rows, cols = min(cells.shape[0], faint_cells.shape[0]), min(cells.shape[1],
+                                                                    faint_cells.shape[1])
+        return QualityMap(cells=cells[:rows, :cols], scale=params.downsample * params.cell,
+                          faint=faint_cells[:rows, :cols])
+    return QualityMap(cells=cells, scale=params.downsample * params.cell)
+
+
+def _cells(frame: np.ndarray, params: QualityParams, scratch: Scratch | None) -> np.ndarray:
+    """One measure's per-cell sums (partial cells left out)."""
     resp = detail_response(frame, params, scratch=scratch)
     c = params.cell
     rows, cols = resp.shape[0] // c, resp.shape[1] // c
@@ -169,7 +223,7 @@ def quality_map(frame: np.ndarray, params: QualityParams, *,
         raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} is too small for quality cells")
     cells = cv2.resize(resp[: rows * c, : cols * c], (cols, rows), interpolation=cv2.INTER_AREA)
     cells *= np.float32(c * c)
-    return QualityMap(cells=cells, scale=params.downsample * c)
+    return cells
 
 
 def box_quality(
@@ -246,6 +300,9 @@ class Ranking:
         Full-resolution pixels per cell side of ``maps``.
     params : QualityParams
         The parameters used.
+    faint_maps : numpy.ndarray or None
+        float32 ``(n, rows, cols)``: the same cells by the coarser measure
+        (``QualityParams.faint``), or None without one.
     """
 
     quality: np.ndarray
@@ -253,6 +310,12 @@ class Ranking:
     maps: np.ndarray
     scale: int
     params: QualityParams
+    faint_maps: np.ndarray | None = None
+
+    def selection_maps(self, faint: bool) -> np.ndarray:
+        """The maps that choose each AP's frames: the faint measure's on a grid laid for
+        a frame's detail under its noise (``faint``), where there is one."""
+        return self.faint_maps if faint and self.faint_maps is not None else self.maps
 
     def best(self, count: int) -> np.ndarray:
         """Indices of the ``count`` best frames, best first."""
@@ -295,6 +358,9 @@ def rank(
     first = quality_map(frames[0], params)
     maps = np.empty((n,) + first.cells.shape, dtype=np.float32)
     maps[0] = first.cells
+    faint = None if first.faint is None else np.empty_like(maps)
+    if faint is not None:
+        faint[0] = first.faint
 
     buffers = threading.local()  # a Scratch per worker thread, for this call only
 
@@ -302,7 +368,10 @@ def rank(
         scratch = getattr(buffers, "scratch", None)
         if scratch is None:
             scratch = buffers.scratch = Scratch()
-        maps[item[0]] = quality_map(item[1], params, scratch=scratch).cells
+        qmap = quality_map(item[1], params, scratch=scratch)
+        maps[item[0]] = qmap.cells
+        if faint is not None:
+            faint[item[0]] = qmap.faint
 
     run_in_order(
         work, ((i, frames[i]) for i in range(1, n)), threads=threads, progress=progress,
@@ -310,4 +379,5 @@ def rank(
     )
     quality = maps.reshape(n, -1).mean(axis=1, dtype=np.float64) / float(first.scale) ** 2
     order = np.argsort(-quality, kind="stable")
-    return Ranking(quality=quality, order=order, maps=maps, scale=first.scale, params=params)
+    return Ranking(quality=quality, order=order, maps=maps, scale=first.scale, params=params,
+                   faint_maps=faint)

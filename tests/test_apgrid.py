@@ -231,6 +231,7 @@ def test_a_grid_twice_as_dense_where_the_detail_is_under_the_noise(seeing_moon) 
     dense = lay_grid(moon, params, frame=noisy)
     assert usual.detail > params.dense_below > dense.detail
     assert not usual.dense and dense.dense
+    assert dense.faint and not usual.faint  # its APs' frames: by the coarser measure
     assert usual.step <= params.spacing == 36 and (usual.step, usual.steps) == (
         lay_grid(moon, params).step, lay_grid(moon, params).steps)
     assert dense.step <= params.spacing_at(dense.detail) == 18
@@ -254,6 +255,7 @@ def test_a_grid_of_a_few_aps_is_laid_twice_as_dense(planet) -> None:
     assert 2 <= len(usual) < 16 and not usual.dense
     few = lay_grid(planet, APParams(size=64))
     assert few.dense and few.step <= APParams(size=64).dense_spacing == 24
+    assert not few.faint  # dense for its few APs, not for noise: the fine measure chooses
     assert len(few) > 2 * len(usual)
     assert f"keeps {len(usual)} APs" in few.dense_reason and "ap_dense_under" in few.dense_reason
     given = lay_grid(planet, APParams(size=64, step=48))

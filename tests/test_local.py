@@ -3,6 +3,8 @@ measured by the engine, tests/test_apstack.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,19 @@ def _known_ranking(values: np.ndarray) -> Ranking:
     quality = maps.reshape(n, -1).mean(axis=1).astype(np.float64)
     return Ranking(quality=quality, order=np.argsort(-quality, kind="stable"), maps=maps,
                    scale=CELL, params=QualityParams())
+
+
+def test_a_faint_grid_chooses_by_the_coarser_measure() -> None:
+    """On a grid laid for a faint capture the APs' quality comes from the ranking's
+    faint maps (the coarser measure), on any other grid from the fine ones."""
+    fine = np.arange(1, 13, dtype=float)[:, None] * np.ones(4)
+    coarse = fine[::-1].copy()  # the opposite order
+    ranking = replace(_known_ranking(fine), faint_maps=_known_ranking(coarse).maps)
+    usual = ap_quality(ranking, _alignment(12), GRID4)
+    faint = ap_quality(ranking, _alignment(12), replace(GRID4, dense=True, faint=True))
+    assert np.allclose(usual, fine / CELL**2) and np.allclose(faint, coarse / CELL**2)
+    few = ap_quality(ranking, _alignment(12), replace(GRID4, dense=True))
+    assert np.allclose(few, fine / CELL**2)
 
 
 def _alignment(n: int, ok: np.ndarray | None = None,

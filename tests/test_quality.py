@@ -184,8 +184,47 @@ def test_quality_map_rejects_a_too_small_frame() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("method", "fft"), ("downsample", 0), ("downsample", 9), ("blur", 4), ("blur", 33),
-    ("cell", 1), ("cell", 65),
+    ("cell", 1), ("cell", 65), ("faint_blur", 4), ("faint_blur", 33),
+    ("faint_downsample", 0), ("faint_downsample", 9),
 ])
 def test_params_validation_names_the_field(field, value) -> None:
     with pytest.raises(ValueError, match=f"quality_{field}"):
         QualityParams(**{field: value})
+
+
+def test_faint_cells_too_large_name_the_field() -> None:
+    with pytest.raises(ValueError, match="quality_faint_downsample"):
+        QualityParams(downsample=8, cell=64, faint_downsample=3)  # 512 px cells, undivided
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_faint_measure_is_the_coarse_measure_on_the_same_cells(moon, as_dtype, dtype) -> None:
+    """The second layer is exactly the coarser measure's own cells, on the same 16-px
+    grid; with ``faint_blur=0`` there is none."""
+    frame = as_dtype(moon, dtype)
+    params = QualityParams()
+    qm = quality_map(frame, params, scratch=Scratch())
+    coarse = quality_map(frame, QualityParams(downsample=2, blur=5, cell=8, faint_blur=0))
+    assert params.faint == QualityParams(downsample=2, blur=5, cell=8, faint_blur=0)
+    assert qm.faint is not None and qm.scale == coarse.scale == 16
+    np.testing.assert_array_equal(qm.faint, coarse.cells)
+    assert qm.layers.shape == (2,) + qm.cells.shape
+    none = quality_map(frame, QualityParams(faint_blur=0))
+    assert none.faint is None and none.layers.shape == (1,) + none.cells.shape
+    np.testing.assert_array_equal(none.cells, qm.cells)
+
+
+def test_faint_downsample_that_does_not_divide_the_cells_falls_back_to_full_size() -> None:
+    params = QualityParams(downsample=3, cell=5)  # 15-px cells: measured at full size
+    assert params.faint == QualityParams(downsample=1, blur=5, cell=15, faint_blur=0)
+
+
+def test_rank_keeps_both_measures_and_selection_picks_one(moon) -> None:
+    frames = [_noisy(_blur(moon, s), 0.01, seed) for seed, s in enumerate((0.6, 2.5, 1.0))]
+    r = rank(frames, threads=2)
+    assert r.faint_maps is not None and r.faint_maps.shape == r.maps.shape
+    for i, f in enumerate(frames):
+        np.testing.assert_array_equal(r.faint_maps[i], quality_map(f, QualityParams()).faint)
+    assert r.selection_maps(True) is r.faint_maps and r.selection_maps(False) is r.maps
+    plain = rank(frames, QualityParams(faint_blur=0), threads=1)
+    assert plain.faint_maps is None and plain.selection_maps(True) is plain.maps

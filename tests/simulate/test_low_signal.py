@@ -111,3 +111,25 @@ def test_live_snapshot_noise_is_even_too(capture) -> None:
     assert m >= 30 and snap.stats["ap_dense"] is True and snap.stats["ap_detail"] < 1.0
     assert len(snap.stats["ap_fell_back"]) == m
     assert 0 < sum(snap.stats["ap_fell_back"]) <= snap.stats["local_failed"]
+
+
+def test_live_replay_chooses_the_aps_frames_as_offline(capture) -> None:
+    """On a faint capture both drivers choose each AP's frames by the coarser quality
+    measure: a live replay that sees the whole capture before it starts stacks what the
+    offline pipeline stacks."""
+    from live_stack.live import LiveParams, LiveStacker
+
+    with open_source(capture.video) as src:
+        frames = [src[i] for i in range(len(src))]
+    params = PipelineParams(stack_sizes=(str(STACK),), align=AlignParams(mode="surface"))
+    offline = run(frames, params)
+    assert offline.grid.faint
+    n = len(frames)
+    st = LiveStacker(LiveParams(buffer_size=n, window_frames=0, window_seconds=0.0,
+                                stack_size=str(STACK), warmup=n, align=params.align,
+                                reference=params.reference))
+    for i in range(0, n, 10):
+        st.add_batch(frames[i : i + 10], None)
+    snap = st.snapshot()
+    assert snap.box == offline.stacks[0].box
+    np.testing.assert_allclose(snap.image, offline.stacks[0].image, atol=1e-3)
