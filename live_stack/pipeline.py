@@ -7,6 +7,7 @@
     reference = reference.build_reference(frames, ranking, alignment, params.reference)
     grid      = apgrid.lay_grid(reference.luminance, params.ap, box=reference.box,
                                 frame=best aligned frame's luminance, ...)
+    ranking   = quality.with_faint_maps(ranking, frames)   # only on a faint grid (grid.faint)
     quality   = local.ap_quality(ranking, alignment, grid)
     engine, selection = stack_aps(frames, alignment, reference, grid, quality, counts, ...)
     images    = stack.blend(...) per stack size, cropped to the area the reference frames cover
@@ -39,7 +40,7 @@ from live_stack.finish import finish
 from live_stack.frames import luminance
 from live_stack.local import LocalParams, Selection, ap_quality, parse_stack_size, stack_count
 from live_stack.normalize import NormalizeParams
-from live_stack.quality import QualityParams, Ranking, rank
+from live_stack.quality import QualityParams, Ranking, rank, with_faint_maps
 from live_stack.reference import Reference, ReferenceParams, build_reference
 from live_stack.sharpen import SharpenParams
 from live_stack.stack import BlendParams
@@ -285,6 +286,9 @@ def run(
     t = time.perf_counter()
     usable = int(alignment.ok.sum())
     counts = tuple(stack_count(size, usable) for size in params.stack_sizes)
+    if grid.faint:  # its APs' frames are chosen by the coarser measure: a second pass
+        ranking = with_faint_maps(ranking, frames, progress=report("rank"),
+                                  threads=params.threads)
     quality = ap_quality(ranking, alignment, grid)
     timings["select"] = time.perf_counter() - t
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -186,7 +186,7 @@ def detail_response(frame: np.ndarray, params: QualityParams, *,
 
 
 def quality_map(frame: np.ndarray, params: QualityParams, *,
-                scratch: Scratch | None = None) -> QualityMap:
+                scratch: Scratch | None = None, faint: bool = True) -> QualityMap:
     """Measure a frame's local sharpness on a grid of cells.
 
     Parameters
@@ -197,6 +197,8 @@ def quality_map(frame: np.ndarray, params: QualityParams, *,
         Measure parameters.
     scratch : Scratch, optional
         Work buffers reused from an earlier call (one thread's).
+    faint : bool
+        Take the coarser measure too (``params.faint``), if there is one.
 
     Returns
     -------
@@ -204,9 +206,9 @@ def quality_map(frame: np.ndarray, params: QualityParams, *,
         Per-cell sums; partial cells at the right and bottom edges are left out.
     """
     cells = _cells(frame, params, scratch)
-    faint = params.faint
-    if faint is not None:
-        faint_cells = _cells(frame, faint, scratch)
+    coarse = params.faint if faint else None
+    if coarse is not None:
+        faint_cells = _cells(frame, coarse, scratch)
         rows, cols = min(cells.shape[0], faint_cells.shape[0]), min(cells.shape[1],
                                                                     faint_cells.shape[1])
         return QualityMap(cells=cells[:rows, :cols], scale=params.downsample * params.cell,
@@ -302,7 +304,7 @@ class Ranking:
         The parameters used.
     faint_maps : numpy.ndarray or None
         float32 ``(n, rows, cols)``: the same cells by the coarser measure
-        (``QualityParams.faint``), or None without one.
+        (``QualityParams.faint``; :func:`with_faint_maps`), or None.
     """
 
     quality: np.ndarray
@@ -355,29 +357,66 @@ def rank(
     n = len(frames)
     if n == 0:
         raise ValueError("frames is empty")
-    first = quality_map(frames[0], params)
+    maps, scale = _all_cells(frames, params, progress=progress, threads=threads)
+    quality = maps.reshape(n, -1).mean(axis=1, dtype=np.float64) / float(scale) ** 2
+    order = np.argsort(-quality, kind="stable")
+    return Ranking(quality=quality, order=order, maps=maps, scale=scale, params=params)
+
+
+def with_faint_maps(ranking: Ranking, frames: Sequence[np.ndarray], *,
+                    progress: Progress | None = None, threads: int = 2) -> Ranking:
+    """The ranking with its frames' cells by the coarser measure (``params.faint``) too.
+
+    Taken in a second pass, only for a capture whose AP grid was laid for its noise
+    (:attr:`live_stack.apgrid.APGrid.faint`): the others never need it.
+
+    Parameters
+    ----------
+    ranking : Ranking
+        :func:`rank`'s result for ``frames``.
+    frames : sequence of numpy.ndarray
+        The same capture, in the same order.
+    progress : callable, optional
+        Called as ``progress(done, total)``.
+    threads : int
+        Worker threads.
+
+    Returns
+    -------
+    Ranking
+        ``ranking`` itself when its parameters have no coarser measure.
+    """
+    coarse = ranking.params.faint
+    if coarse is None or ranking.faint_maps is not None:
+        return ranking
+    if len(frames) != len(ranking.quality):
+        raise ValueError(f"frames has {len(frames)} frames, the ranking {len(ranking.quality)}")
+    maps, scale = _all_cells(frames, coarse, progress=progress, threads=threads)
+    rows, cols = (min(a, b) for a, b in zip(maps.shape[1:], ranking.maps.shape[1:], strict=True))
+    if scale != ranking.scale:  # QualityParams.faint keeps the cells' side: cannot happen
+        raise ValueError(f"the coarser measure's cells are {scale} px, the ranking's "
+                         f"{ranking.scale} px")
+    return replace(ranking, maps=ranking.maps[:, :rows, :cols],
+                   faint_maps=np.ascontiguousarray(maps[:, :rows, :cols]))
+
+
+def _all_cells(frames: Sequence[np.ndarray], params: QualityParams, *,
+               progress: Progress | None, threads: int) -> tuple[np.ndarray, int]:
+    """One measure's ``(n, rows, cols)`` cells of every frame, and their side in pixels."""
+    n = len(frames)
+    first = quality_map(frames[0], params, faint=False)
     maps = np.empty((n,) + first.cells.shape, dtype=np.float32)
     maps[0] = first.cells
-    faint = None if first.faint is None else np.empty_like(maps)
-    if faint is not None:
-        faint[0] = first.faint
-
     buffers = threading.local()  # a Scratch per worker thread, for this call only
 
     def work(item: tuple[int, np.ndarray]) -> None:
         scratch = getattr(buffers, "scratch", None)
         if scratch is None:
             scratch = buffers.scratch = Scratch()
-        qmap = quality_map(item[1], params, scratch=scratch)
-        maps[item[0]] = qmap.cells
-        if faint is not None:
-            faint[item[0]] = qmap.faint
+        maps[item[0]] = quality_map(item[1], params, scratch=scratch, faint=False).cells
 
     run_in_order(
         work, ((i, frames[i]) for i in range(1, n)), threads=threads, progress=progress,
         total=n, start=1,
     )
-    quality = maps.reshape(n, -1).mean(axis=1, dtype=np.float64) / float(first.scale) ** 2
-    order = np.argsort(-quality, kind="stable")
-    return Ranking(quality=quality, order=order, maps=maps, scale=first.scale, params=params,
-                   faint_maps=faint)
+    return maps, first.scale

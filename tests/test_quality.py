@@ -14,6 +14,7 @@ from live_stack.quality import (
     detail_response,
     quality_map,
     rank,
+    with_faint_maps,
 )
 
 H, W = 240, 320
@@ -219,12 +220,20 @@ def test_faint_downsample_that_does_not_divide_the_cells_falls_back_to_full_size
     assert params.faint == QualityParams(downsample=1, blur=5, cell=15, faint_blur=0)
 
 
-def test_rank_keeps_both_measures_and_selection_picks_one(moon) -> None:
+def test_faint_maps_are_a_second_pass_and_selection_picks_one(moon) -> None:
+    """rank() takes the fine measure only; with_faint_maps() adds the coarser one's cells
+    (what quality_map() gives live), on the same cells."""
     frames = [_noisy(_blur(moon, s), 0.01, seed) for seed, s in enumerate((0.6, 2.5, 1.0))]
-    r = rank(frames, threads=2)
+    fine = rank(frames, threads=2)
+    assert fine.faint_maps is None and fine.selection_maps(True) is fine.maps
+    r = with_faint_maps(fine, frames, threads=2)
+    np.testing.assert_array_equal(r.maps, fine.maps)
+    assert with_faint_maps(r, frames) is r
     assert r.faint_maps is not None and r.faint_maps.shape == r.maps.shape
     for i, f in enumerate(frames):
         np.testing.assert_array_equal(r.faint_maps[i], quality_map(f, QualityParams()).faint)
     assert r.selection_maps(True) is r.faint_maps and r.selection_maps(False) is r.maps
     plain = rank(frames, QualityParams(faint_blur=0), threads=1)
-    assert plain.faint_maps is None and plain.selection_maps(True) is plain.maps
+    assert with_faint_maps(plain, frames) is plain and plain.selection_maps(True) is plain.maps
+    with pytest.raises(ValueError, match="frames has 2 frames"):
+        with_faint_maps(fine, frames[:2])
