@@ -225,6 +225,28 @@ class LiveStacker:
                                             thread_name_prefix="live-stack")
         return split_run(work, n, self._pool, parts=threads, min_items=min_items)
 
+    def _wants_faint(self) -> bool:
+        """Whether new frames need the coarser measure too: before the first grid (it may
+        be laid for a faint capture) and while a grid laid for one is in use."""
+        if self._params.quality.faint is None:
+            return False
+        states = self._states()
+        return not states or any(s.grid.faint for s in states)
+
+    def _measure_faint(self, slots: np.ndarray) -> None:
+        """The coarser measure's cells of the buffered frames that lack them (frames
+        admitted under a grid that did not need them), before a faint grid uses them."""
+        coarse = self._params.quality.faint
+        if coarse is None or self._cells is None:
+            return
+        todo = [int(s) for s in slots if not self._faint_ok[s]]
+        for s in todo:
+            cells = quality_map(self._frames[s], coarse, scratch=self._scratch(),
+                                faint=False).cells
+            rows, cols = self._cells.shape[2:]
+            self._cells[s, 1] = cells[:rows, :cols]
+            self._faint_ok[s] = True
+
     def _scratch(self) -> Scratch:
         """The calling thread's quality work buffers (kept between frames)."""
         scratch = getattr(self._buffers, "scratch", None)
@@ -249,6 +271,7 @@ class LiveStacker:
         self._seq = np.full(k, -1, dtype=np.int64)
         self._time = np.zeros(k)
         self._cells: np.ndarray | None = None
+        self._faint_ok = np.zeros(k, dtype=bool)  # slots whose cells hold the coarser measure
         self._scale = 1
         self._target: GlobalTarget | None = None
         self._state: APStack | None = None  # serves snapshots
@@ -397,8 +420,10 @@ class LiveStacker:
         times = [now] * len(frames) if timestamps is None else [float(t) for t in timestamps]
         t0 = time.perf_counter()
         qp = self._params.quality
+        faint = self._wants_faint()
         maps = [m for part in self._split(
-            lambda a, b: [quality_map(f, qp, scratch=self._scratch()) for f in frames[a:b]],
+            lambda a, b: [quality_map(f, qp, scratch=self._scratch(), faint=faint)
+                          for f in frames[a:b]],
             len(frames),
             MIN_FRAMES_PER_THREAD) for m in part]
         t1 = time.perf_counter()
@@ -548,7 +573,9 @@ class LiveStacker:
         self._warm = []
         best = int(np.argmax([w[1] for w in warm]))
         self._target = make_global_target(warm[best][0], self._params.align)
-        self._cells = np.zeros((self._params.buffer_size,) + warm[0][2].shape, np.float32)
+        layers = 1 if self._params.quality.faint is None else 2
+        self._cells = np.zeros((self._params.buffer_size, layers) + warm[0][2].shape[1:],
+                               np.float32)
         self._scale = self._params.quality.downsample * self._params.quality.cell
         order = np.argsort([-w[1] for w in warm])
         for i in order:
@@ -575,6 +602,8 @@ class LiveStacker:
         best = int(slots[np.argmax(self._gq[slots])])
         grid = lay_grid(ref.luminance, self._params.ap, box=ref.box,
                         frame=luminance(self._frames[best]), frame_shift=self._shift[best])
+        if grid.faint:
+            self._measure_faint(slots)
         state = self._new_engine(grid, ref.luminance)
         self._events["grid"] += 1
         state.place(slots, self._shift[slots], self._ap_quality(state, slots))
@@ -638,7 +667,8 @@ class LiveStacker:
         self._shift[slot] = shift
         self._seq[slot] = self._seen
         self._time[slot] = now
-        self._cells[slot] = cells
+        self._cells[slot, : len(cells)] = cells
+        self._faint_ok[slot] = len(cells) > 1
 
     def _remove(self, slot: int) -> None:
         for state in self._states():

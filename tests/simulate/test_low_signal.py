@@ -133,3 +133,32 @@ def test_live_replay_chooses_the_aps_frames_as_offline(capture) -> None:
     snap = st.snapshot()
     assert snap.box == offline.stacks[0].box
     np.testing.assert_allclose(snap.image, offline.stacks[0].image, atol=1e-3)
+
+
+def test_live_measures_the_coarser_cells_only_where_a_grid_needs_them(capture, sim_capture):
+    """Live, the coarser measure is taken for every buffered frame on a faint capture's
+    grid, and on a bright capture's only during the warm-up (before the first grid)
+    and, for the frames without it, when a faint grid is laid: then it is what
+    quality_map() gives."""
+    from live_stack.live import LiveParams, LiveStacker
+    from live_stack.quality import quality_map
+
+    with open_source(capture.video) as src:
+        faint_frames = [src[i] for i in range(len(src))]
+    bright = sim_capture("moon").frames
+    for frames, faint in ((faint_frames, True), (bright, False)):
+        st = LiveStacker(LiveParams(buffer_size=len(frames), window_frames=0,
+                                    window_seconds=0.0, stack_size=str(STACK)))
+        for i in range(0, len(frames), 10):
+            st.add_batch(frames[i : i + 10], None)
+        assert st.snapshot().image is not None
+        slots = st._filled()
+        assert st._state.grid.faint is faint
+        assert bool(st._faint_ok[slots].all()) == faint
+        assert st._faint_ok[slots].any()  # the warm-up's frames at least
+        st._measure_faint(slots)
+        assert st._faint_ok[slots].all()
+        for s in slots[:5]:
+            expected = quality_map(st._frames[s], st.params.quality).faint
+            rows, cols = st._cells.shape[2:]
+            np.testing.assert_array_equal(st._cells[s, 1], expected[:rows, :cols])
