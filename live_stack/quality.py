@@ -24,17 +24,19 @@ from live_stack.parallel import run_in_order
 Progress = Callable[[int, int], None]
 
 METHODS = ("laplacian", "gradient")
+#: Buffers a Scratch keeps at most (a measure uses 2-3 per frame size; two measures).
+MAX_SCRATCH_BUFFERS = 8
 
 
 @dataclass(frozen=True)
 class QualityParams:
     """Parameters of the quality measure (CLI/config prefix ``quality_``).
 
-    Frames are measured twice on the same cells: by the fine measure (``downsample``,
-    ``blur``), which ranks them and picks each AP's frames, and by a coarser one
-    (``faint_*``), which picks them instead on a grid laid for a faint capture (a
-    frame's detail under its noise, ``ap_dense_below``), where the fine band is mostly
-    noise.
+    The fine measure (``downsample``, ``blur``) ranks the frames and picks each AP's
+    frames; a coarser one (``faint_*``), on the same cells, picks them instead on a grid
+    laid for a faint capture (a frame's detail under its noise, ``ap_dense_below``),
+    where the fine band is mostly noise. It is taken only where such a grid needs it
+    (:func:`with_faint_maps`; live, while such a grid is in use).
     """
 
     method: str = "laplacian"  # "laplacian" (second derivative) or "gradient" (Sobel magnitude)
@@ -131,6 +133,8 @@ class Scratch:
         """The float32 buffer ``name`` of ``shape`` (its old contents are garbage)."""
         buf = self._buffers.get((name, shape))
         if buf is None:
+            if len(self._buffers) >= MAX_SCRATCH_BUFFERS:  # frames of another size came
+                self._buffers.clear()
             buf = self._buffers[(name, shape)] = np.empty(shape, dtype=np.float32)
         return buf
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from live_stack.quality import (
+    MAX_SCRATCH_BUFFERS,
     METHODS,
     QualityParams,
     Scratch,
@@ -162,6 +163,13 @@ def test_scratch_buffers_give_the_same_cells(moon, as_dtype, method, dtype) -> N
             fresh = quality_map(frame, params).cells
             reused = quality_map(frame, params, scratch=scratch).cells
             np.testing.assert_array_equal(reused, fresh)
+
+
+def test_scratch_keeps_a_bounded_number_of_buffers(moon) -> None:
+    scratch = Scratch()
+    for side in range(40, 120, 8):  # frames of ten sizes through one Scratch
+        quality_map(moon[:side, :side], QualityParams(), scratch=scratch)
+    assert len(scratch._buffers) <= MAX_SCRATCH_BUFFERS
 
 
 def test_rank_in_threads_equals_one_thread(moon) -> None:
