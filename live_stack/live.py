@@ -241,18 +241,13 @@ class LiveStacker:
             return
         todo = [int(s) for s in slots if not self._faint_ok[s]]
         for s in todo:
-            cells = quality_map(self._frames[s], coarse, scratch=self._scratch(),
-                                faint=False).cells
-            rows, cols = self._cells.shape[2:]
-            self._cells[s, 1] = cells[:rows, :cols]
+            self._cells[s, 1] = quality_map(self._frames[s], coarse, scratch=self._scratch(),
+                                            faint=False).cells
             self._faint_ok[s] = True
 
     def _scratch(self) -> Scratch:
         """The calling thread's quality work buffers (kept between frames)."""
-        scratch = getattr(self._buffers, "scratch", None)
-        if scratch is None:
-            scratch = self._buffers.scratch = Scratch()
-        return scratch
+        return Scratch.of_thread(self._buffers)
 
     # ------------------------------------------------------------------ state
     @property

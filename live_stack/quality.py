@@ -129,6 +129,14 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
+    @staticmethod
+    def of_thread(holder: threading.local) -> Scratch:
+        """The calling thread's Scratch kept in ``holder`` (made on first use)."""
+        scratch = getattr(holder, "scratch", None)
+        if scratch is None:
+            scratch = holder.scratch = Scratch()
+        return scratch
+
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The float32 buffer ``name`` of ``shape`` (its old contents are garbage)."""
         buf = self._buffers.get((name, shape))
@@ -209,15 +217,11 @@ def quality_map(frame: np.ndarray, params: QualityParams, *,
     QualityMap
         Per-cell sums; partial cells at the right and bottom edges are left out.
     """
-    cells = _cells(frame, params, scratch)
     coarse = params.faint if faint else None
-    if coarse is not None:
-        faint_cells = _cells(frame, coarse, scratch)
-        rows, cols = min(cells.shape[0], faint_cells.shape[0]), min(cells.shape[1],
-                                                                    faint_cells.shape[1])
-        return QualityMap(cells=cells[:rows, :cols], scale=params.downsample * params.cell,
-                          faint=faint_cells[:rows, :cols])
-    return QualityMap(cells=cells, scale=params.downsample * params.cell)
+    # both measures' cells are downsample x cell pixels, so their grids are the same
+    return QualityMap(cells=_cells(frame, params, scratch),
+                      scale=params.downsample * params.cell,
+                      faint=None if coarse is None else _cells(frame, coarse, scratch))
 
 
 def _cells(frame: np.ndarray, params: QualityParams, scratch: Scratch | None) -> np.ndarray:
@@ -395,13 +399,8 @@ def with_faint_maps(ranking: Ranking, frames: Sequence[np.ndarray], *,
         return ranking
     if len(frames) != len(ranking.quality):
         raise ValueError(f"frames has {len(frames)} frames, the ranking {len(ranking.quality)}")
-    maps, scale = _all_cells(frames, coarse, progress=progress, threads=threads)
-    rows, cols = (min(a, b) for a, b in zip(maps.shape[1:], ranking.maps.shape[1:], strict=True))
-    if scale != ranking.scale:  # QualityParams.faint keeps the cells' side: cannot happen
-        raise ValueError(f"the coarser measure's cells are {scale} px, the ranking's "
-                         f"{ranking.scale} px")
-    return replace(ranking, maps=ranking.maps[:, :rows, :cols],
-                   faint_maps=np.ascontiguousarray(maps[:, :rows, :cols]))
+    maps, _ = _all_cells(frames, coarse, progress=progress, threads=threads)
+    return replace(ranking, faint_maps=maps)
 
 
 def _all_cells(frames: Sequence[np.ndarray], params: QualityParams, *,
@@ -414,10 +413,8 @@ def _all_cells(frames: Sequence[np.ndarray], params: QualityParams, *,
     buffers = threading.local()  # a Scratch per worker thread, for this call only
 
     def work(item: tuple[int, np.ndarray]) -> None:
-        scratch = getattr(buffers, "scratch", None)
-        if scratch is None:
-            scratch = buffers.scratch = Scratch()
-        maps[item[0]] = quality_map(item[1], params, scratch=scratch, faint=False).cells
+        maps[item[0]] = quality_map(item[1], params, scratch=Scratch.of_thread(buffers),
+                                    faint=False).cells
 
     run_in_order(
         work, ((i, frames[i]) for i in range(1, n)), threads=threads, progress=progress,
